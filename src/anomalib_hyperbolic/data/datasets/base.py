@@ -123,10 +123,10 @@ def validate_ratios(ratios: Sequence[float], name: str, count: int) -> tuple[flo
 
 
 def _counts(total: int, ratios: Sequence[float]) -> list[int]:
-    """Split ``total`` into ``len(ratios)`` integer parts: rounded leading parts, the remainder last."""
-    counts = []
+    """Split ``total`` into ``len(ratios)`` integer parts: leading parts rounded half up, the remainder last."""
+    counts: list[int] = []
     for ratio in ratios[:-1]:
-        counts.append(min(round(total * ratio), total - sum(counts)))
+        counts.append(min(math.floor(total * ratio + 0.5), total - sum(counts)))
     counts.append(total - sum(counts))
     return counts
 
