@@ -45,7 +45,8 @@ def test_one_class_split_counts_and_labels(mt_root: Path) -> None:
     assert (test[test.label_index == 1].label.value_counts() == 4).all()
     assert (samples[samples.label_index == 0].mask_path == "").all()
     defects = samples[samples.label_index == 1]
-    assert all(Path(m).stem == Path(i).stem and m.endswith(".png") for i, m in zip(defects.image_path, defects.mask_path))
+    pairs = zip(defects.image_path, defects.mask_path, strict=True)
+    assert all(Path(m).stem == Path(i).stem and m.endswith(".png") for i, m in pairs)
     assert samples.attrs["task"] == "segmentation"
 
 
