@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import Resize
 
 from anomalib_hyperbolic.data import MagneticTile, MagneticTileDataset
 from anomalib_hyperbolic.data.datamodules import magnetic_tile as mt_module
-from anomalib_hyperbolic.data.datasets.base import UnreadableImageError
+from anomalib_hyperbolic.data.datasets.base import UnreadableImageError, read_image_checked
 from anomalib_hyperbolic.data.datasets.magnetic_tile import DEFECT_TYPES, make_magnetic_tile_dataset
 from anomalib_hyperbolic.testing import make_magnetic_tile_like
 
@@ -78,6 +78,16 @@ def test_items_are_rgb_with_thresholded_masks(mt_root: Path) -> None:
         else:
             assert not item.gt_mask.any()
     assert len(sizes) > 1  # varied sizes, as in the real set
+
+
+def test_image_reading_matches_anomalib(mt_root: Path) -> None:
+    from anomalib.data.utils import read_image
+
+    path = sorted((mt_root / "MT_Crack" / "Imgs").glob("*.jpg"))[0]
+    assert Image.open(path).mode == "L"
+    ours = read_image_checked(path)
+    assert ours.shape[0] == 3
+    assert torch.equal(ours, read_image(path, as_tensor=True))
 
 
 def test_model_pre_processor_gives_common_size_batches(mt_root: Path) -> None:
