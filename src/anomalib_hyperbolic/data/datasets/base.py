@@ -45,10 +45,13 @@ class UnreadableImageError(OSError):
 
 def open_checked(path: str | Path, what: str) -> Image.Image:
     """Open and decode an image file, raising :class:`UnreadableImageError` that names it."""
+    image = None
     try:
         image = Image.open(path)
         image.load()
     except (OSError, UnidentifiedImageError, ValueError) as error:
+        if image is not None:
+            image.close()
         msg = f"Cannot read {what} file '{path}': {type(error).__name__}: {error}"
         raise UnreadableImageError(msg) from error
     return image
