@@ -44,7 +44,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="train batch size (paper 4)")
     parser.add_argument("--embed-dim", type=int, default=384, help="SimpleNet feature dims (paper 1536, for WRN50)")
     parser.add_argument("--hidden", type=int, default=384, help="SimpleNet discriminator width (official 1024)")
-    parser.add_argument("--curvature", type=float, default=0.01)
+    parser.add_argument(
+        "--curvature",
+        type=float,
+        default=1e-4,
+        help="Poincaré curvature: lite0 adapted features have mean norm ~86 (training images), "
+        "so c = 1e-4 puts them at sqrt(c)|q| ~ 0.9 (c = 0.01 would push every feature to the boundary)",
+    )
     parser.add_argument("--coreset-ratio", type=float, default=0.01, help="PatchCore coreset ratio (default 0.1)")
     parser.add_argument("--latency-size", type=int, default=256)
     parser.add_argument("--latency-runs", type=int, default=20)
@@ -167,11 +173,6 @@ def main() -> None:
         "discriminator_hidden": args.hidden,
     }
     specs = {
-        "SimpleNet (euclidean)": (lambda: SimpleNet(**simplenet_common, distance="euclidean"), args.epochs),
-        "SimpleNet (poincare)": (
-            lambda: SimpleNet(**simplenet_common, distance="poincare", curvature=args.curvature),
-            args.epochs,
-        ),
         "PatchCore": (
             lambda: Patchcore(
                 backbone=args.patchcore_backbone,
@@ -180,6 +181,18 @@ def main() -> None:
                 coreset_sampling_ratio=args.coreset_ratio,
             ),
             1,
+        ),
+        "SimpleNet (euclidean, paper sigma)": (
+            lambda: SimpleNet(**simplenet_common, distance="euclidean"),
+            args.epochs,
+        ),
+        "SimpleNet (euclidean, relative sigma)": (
+            lambda: SimpleNet(**simplenet_common, distance="euclidean", relative_noise=True),
+            args.epochs,
+        ),
+        "SimpleNet (poincare, relative sigma)": (
+            lambda: SimpleNet(**simplenet_common, distance="poincare", curvature=args.curvature, relative_noise=True),
+            args.epochs,
         ),
     }
     results: dict[str, dict] = {}

@@ -135,6 +135,25 @@ def test_euclidean_noise_statistics():
     assert noise.mean().abs().item() < 0.01
 
 
+@pytest.mark.parametrize("distance", ["euclidean", "poincare"])
+def test_relative_noise_follows_feature_scale(distance):
+    """sigma is relative to each feature's RMS entry: Euclidean std, or geodesic step 2 ||eps|| on the ball."""
+    from anomalib_hyperbolic.geometry import poincare_distance
+
+    model = tiny_model(noise_std=0.1, relative_noise=True, distance=distance, curvature=1e-4)
+    for scale in (1.0, 10.0):
+        adapted = torch.randn(400, 32) * scale
+        points = model.to_manifold(adapted)
+        torch.manual_seed(0)
+        anomalous = model.generate_anomalous(points)
+        if distance == "euclidean":
+            assert (anomalous - points).std().item() == pytest.approx(0.1 * scale, rel=0.15)
+        else:
+            step = poincare_distance(points, anomalous, 1e-4) / 2  # = ||eps||, eps ~ N(0, (0.1 rms)^2 I)
+            rms = adapted.pow(2).mean(-1).sqrt()
+            assert (step / (0.1 * rms)).pow(2).mean().item() == pytest.approx(32, rel=0.15)
+
+
 def test_poincare_noise_is_wrapped_normal():
     """Anomalous points stay on the ball at geodesic distance 2 ||eps|| whatever the position."""
     from anomalib_hyperbolic.geometry import expmap0, poincare_distance

@@ -50,6 +50,8 @@ class SimpleNet(AnomalibModule):
         target_embed_dim: Feature dims ``C`` (eqs. 3-5). Default 1536.
         adaptor_bias: Bias in the adaptor (eq. 5). Default ``False`` (paper).
         noise_std: ``sigma`` of the Gaussian noise (eq. 6). Default 0.015.
+        relative_noise: Multiply ``sigma`` by each feature's RMS entry (for backbones whose feature
+            scale differs from WideResNet-50's). Default ``False`` (paper).
         discriminator_hidden: Hidden width of the discriminator. Default 1024.
         negative_slope: LeakyReLU slope. Default 0.2.
         th_pos: ``th^+`` of eq. (7). Default 0.5.
@@ -78,6 +80,7 @@ class SimpleNet(AnomalibModule):
         target_embed_dim: int = 1536,
         adaptor_bias: bool = False,
         noise_std: float = 0.015,
+        relative_noise: bool = False,
         discriminator_hidden: int = 1024,
         negative_slope: float = 0.2,
         th_pos: float = 0.5,
@@ -118,6 +121,7 @@ class SimpleNet(AnomalibModule):
             target_embed_dim=target_embed_dim,
             adaptor_bias=adaptor_bias,
             noise_std=noise_std,
+            relative_noise=relative_noise,
             discriminator_hidden=discriminator_hidden,
             negative_slope=negative_slope,
             blur_sigma=blur_sigma,

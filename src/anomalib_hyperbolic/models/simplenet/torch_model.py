@@ -222,6 +222,9 @@ class SimpleNetModel(nn.Module):
         target_embed_dim: Feature dimension ``C`` of ``o`` and ``q``. Paper: 1536.
         adaptor_bias: Bias in the adaptor ``G_theta``. Paper: none (the official code has one).
         noise_std: ``sigma`` of eq. (6). Paper: 0.015.
+        relative_noise: Scale ``sigma`` by each feature's root-mean-square entry (detached), so the
+            noise level follows the backbone's feature scale. Paper: ``False`` (absolute ``sigma``,
+            tuned for WideResNet-50 features).
         discriminator_hidden: Hidden width of ``D_psi``. Official code: 1024.
         negative_slope: LeakyReLU slope of ``D_psi``. Paper: 0.2.
         blur_sigma: Gaussian blur of the anomaly map (section 3.6). Paper: 4.
@@ -243,6 +246,7 @@ class SimpleNetModel(nn.Module):
         target_embed_dim: int = 1536,
         adaptor_bias: bool = False,
         noise_std: float = 0.015,
+        relative_noise: bool = False,
         discriminator_hidden: int = 1024,
         negative_slope: float = 0.2,
         blur_sigma: float = 4.0,
@@ -266,6 +270,7 @@ class SimpleNetModel(nn.Module):
             discriminator_input=discriminator_input,
         )
         self.noise_std = noise_std
+        self.relative_noise = relative_noise
         self.image_score = image_score
         self.distance = distance
         self.curvature = float(curvature) if distance == "poincare" else 0.0
@@ -307,8 +312,14 @@ class SimpleNetModel(nn.Module):
         ``x`` (scaled by ``lambda_0 / lambda_x``) and mapped with ``exp_x``, so every anomalous
         point lies at geodesic distance ``2 ||eps||`` from its normal feature whatever ``x``'s
         position, and the construction equals ``x + eps`` as ``c -> 0``.
+
+        With ``relative_noise`` the standard deviation is ``sigma`` times the RMS entry of the
+        feature (of ``log_0(x)`` on the ball), computed without gradient.
         """
         noise = torch.randn_like(points) * self.noise_std
+        if self.relative_noise:
+            tangent = points if self.distance == "euclidean" else logmap0(points, self.curvature)
+            noise = noise * tangent.detach().pow(2).mean(-1, keepdim=True).sqrt()
         if self.distance == "euclidean":
             return points + noise
         lam = 2.0 / (1.0 - self.curvature * points.pow(2).sum(-1, keepdim=True)).clamp_min(1e-6)
