@@ -35,3 +35,15 @@ class HarnessCase:
 
 
 HARNESS_CASES: dict[str, HarnessCase] = {}
+
+HARNESS_CASES["SimpleNet"] = HarnessCase(
+    init_args={
+        "backbone": "resnet18",
+        "layers": ["layer2", "layer3"],
+        "pre_trained": False,
+        "pretrain_embed_dim": 64,
+        "target_embed_dim": 64,
+        "discriminator_hidden": 32,
+    },
+    max_epochs=1,
+)
