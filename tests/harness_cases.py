@@ -34,4 +34,12 @@ class HarnessCase:
     datamodule_factory: Callable[[Path, int], Any] | None = None
 
 
-HARNESS_CASES: dict[str, HarnessCase] = {}
+HARNESS_CASES: dict[str, HarnessCase] = {
+    # EfficientAD's autoencoder needs >= 256 px (5 stride-2 convolutions then an 8x8 kernel).
+    # Offline: random-init teacher, no ImageNet penalty folder.
+    "HypAD": HarnessCase(
+        init_args={"pretrained_teacher": False, "imagenet_dir": None},
+        max_epochs=1,
+        image_size=256,
+    ),
+}
