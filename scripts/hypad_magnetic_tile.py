@@ -17,7 +17,8 @@ Steps (each a subcommand, all CPU):
 
 The validation split (for EfficientAD's map quantiles) is 5 % of the training normals
 (``val_split_mode=from_train``), so the test set keeps every defect and every held-out normal.
-No ImageNet penalty in any run (no ImageNet here): EfficientAd is given an empty-penalty subclass.
+No ImageNet here: both models get the same penalty folder (``--penalty-dir``; 200 ELPV solar-cell
+images, seeded choice, from the ``elpv-dataset`` package), i.e. out-of-distribution images as in EfficientAD.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+VAL_RATIO = 0.02  # of the training normals, for the map quantiles (15 images)
 DEFECTS = ("Blowhole", "Break", "Crack", "Fray", "Uneven")
 
 
@@ -62,6 +64,29 @@ def build_split(source: Path, target: Path, seed: int = 0, train_fraction: float
     return target
 
 
+def subsample_test(full: Path, target: Path, normals: int, per_defect: int, seed: int = 0) -> Path:
+    """Same training split, test set reduced to a seeded random subset (CPU budget); returns ``target``."""
+    source, category = full / "magnetic_tile", target / "magnetic_tile"
+    if (category / "split.json").is_file():
+        return target
+    rng = random.Random(seed)
+    shutil.copytree(source / "train", category / "train")
+    counts = {"train/good": len(list((category / "train" / "good").iterdir()))}
+    for name, k in [("good", normals), *[(d, per_defect) for d in DEFECTS]]:
+        files = sorted((source / "test" / name).glob("*.png"))
+        chosen = sorted(rng.sample(files, min(k, len(files))))
+        (category / "test" / name).mkdir(parents=True, exist_ok=True)
+        for file in chosen:
+            shutil.copyfile(file, category / "test" / name / file.name)
+            if name != "good":
+                mask = source / "ground_truth" / name / f"{file.stem}_mask.png"
+                (category / "ground_truth" / name).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(mask, category / "ground_truth" / name / mask.name)
+        counts[f"test/{name}"] = len(chosen)
+    (category / "split.json").write_text(json.dumps({"seed": seed, "subset_of": str(full), "counts": counts}, indent=1))
+    return target
+
+
 def _datamodule(root: Path, seed: int):  # noqa: ANN202
     from anomalib.data import MVTecAD
 
@@ -72,7 +97,7 @@ def _datamodule(root: Path, seed: int):  # noqa: ANN202
         eval_batch_size=8,
         num_workers=0,
         val_split_mode="from_train",
-        val_split_ratio=0.05,
+        val_split_ratio=VAL_RATIO,
         seed=seed,
     )
 
@@ -89,8 +114,8 @@ def _evaluator():  # noqa: ANN202
     )
 
 
-def _efficientad_with_teacher(teacher: Path, image_size: int):  # noqa: ANN202
-    """Anomalib's EfficientAd with a local teacher and no ImageNet penalty (zero-size penalty batch)."""
+def _efficientad_with_teacher(teacher: Path, image_size: int, penalty_dir: Path | None = None):  # noqa: ANN202
+    """Anomalib's EfficientAd with a local teacher and the same penalty folder as HypAD."""
     import torch
     from anomalib.models import EfficientAd
 
@@ -98,12 +123,10 @@ def _efficientad_with_teacher(teacher: Path, image_size: int):  # noqa: ANN202
         def prepare_pretrained_model(self) -> None:
             self.model.teacher.load_state_dict(torch.load(teacher, map_location="cpu", weights_only=True))
 
-        def prepare_imagenette_data(self, image_size: tuple[int, int] | torch.Size) -> None:
-            self.imagenet_iterator = iter(())
-            self.imagenet_loader = [[torch.zeros(0, 3, *image_size)]]
-
     pre = EfficientAd.configure_pre_processor(image_size=(image_size, image_size))
-    return LocalTeacherEfficientAd(pre_processor=pre, evaluator=_evaluator(), visualizer=False)
+    return LocalTeacherEfficientAd(
+        imagenet_dir=penalty_dir or "./datasets/imagenette", pre_processor=pre, evaluator=_evaluator(), visualizer=False
+    )
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -117,7 +140,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     seed_everything(args.seed, workers=True)
     if args.model == "EfficientAd":
-        model = _efficientad_with_teacher(Path(args.teacher), args.image_size)
+        model = _efficientad_with_teacher(Path(args.teacher), args.image_size, Path(args.penalty_dir))
         name = "EfficientAd (anomalib)"
     else:
         clip = math.inf if args.clip_radius in {"inf", "none"} else float(args.clip_radius)
@@ -126,13 +149,18 @@ def run(args: argparse.Namespace) -> dict:
             clip_radius=clip,
             projection=args.projection,
             teacher_weights=args.teacher,
-            imagenet_dir=None,
+            imagenet_dir=args.penalty_dir,
             augmentation_prob=args.augmentation_prob,
             pre_processor=HypAD.configure_pre_processor(image_size=(args.image_size, args.image_size)),
             evaluator=_evaluator(),
             visualizer=False,
         )
         name = f"HypAD c={args.c} r={args.clip_radius} proj={args.projection} p_aug={args.augmentation_prob}"
+    if args.stats:
+        # Teacher channel mean/std on the training normals, computed once for every run (same teacher,
+        # same data, same code as anomalib's EfficientAd.teacher_channel_mean_std): saves minutes per run.
+        stats = torch.load(args.stats, weights_only=True)
+        model.model.mean_std.update(stats)
     engine = Engine(
         max_steps=args.steps,
         max_epochs=-1,
@@ -172,6 +200,31 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
+def teacher_stats(args: argparse.Namespace) -> None:
+    """Teacher channel mean/std on the training normals (anomalib's EfficientAd code), saved to a file."""
+    import torch
+    from anomalib.models import EfficientAd
+
+    torch.set_num_threads(args.threads)
+    model = _efficientad_with_teacher(Path(args.teacher), args.image_size)
+    model.prepare_pretrained_model()
+    datamodule = _datamodule(Path(args.data), args.seed)
+    datamodule.setup()
+    loader = datamodule.train_dataloader()
+    # the datamodule yields raw images; resize as the pre-processor would
+    from torchvision.transforms.v2.functional import resize
+
+    class _Resized:
+        def __iter__(self):  # noqa: ANN204
+            for batch in loader:
+                batch.image = resize(batch.image, [args.image_size, args.image_size], antialias=True)
+                yield batch
+
+    stats = EfficientAd.teacher_channel_mean_std(model, _Resized())
+    torch.save(stats, args.output)
+    print(args.output)
+
+
 def table(results: Path) -> str:
     """Markdown table of the JSON lines in ``results``."""
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
@@ -198,10 +251,19 @@ def latency(args: argparse.Namespace) -> None:
 
     from anomalib_hyperbolic.models.hypad.torch_model import HypADModel
 
+    class Outputs(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            out = self.model(x)
+            return out.pred_score, out.anomaly_map
+
     torch.set_num_threads(args.threads)
     size = args.image_size
     x = torch.rand(1, 3, size, size)
-    models = {"EfficientAd": EfficientAdModel(), "HypAD (c=0.01, r=2.3)": HypADModel()}
+    models = {"EfficientAd": Outputs(EfficientAdModel()), "HypAD (c=0.01, r=2.3)": Outputs(HypADModel())}
     core = ov.Core()
     out = []
     for name, model in models.items():
@@ -239,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--source", default="/work/shared/datasets/magnetic_tile")
     p.add_argument("--data", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subset-of", default=None, help="full split to subsample the test set of")
+    p.add_argument("--test-normals", type=int, default=40)
+    p.add_argument("--test-per-defect", type=int, default=12)
     p = sub.add_parser("distill")
     p.add_argument("--data", required=True)
     p.add_argument("--output", required=True)
@@ -262,6 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--penalty-dir", required=True, help="out-of-distribution images for the penalty (both models)")
+    p.add_argument("--stats", default=None, help="precomputed teacher mean/std (subcommand stats)")
+    p = sub.add_parser("stats")
+    p.add_argument("--data", required=True)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("table")
     p.add_argument("--results", required=True)
     p = sub.add_parser("latency")
@@ -271,7 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "split":
-        print(build_split(Path(args.source), Path(args.data), args.seed))
+        if args.subset_of:
+            target = subsample_test(
+                Path(args.subset_of), Path(args.data), args.test_normals, args.test_per_defect, args.seed
+            )
+            print(target)
+        else:
+            print(build_split(Path(args.source), Path(args.data), args.seed))
     elif args.command == "distill":
         import torch
 
@@ -292,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"distilled in {time.perf_counter() - started:.0f} s")
     elif args.command == "run":
         run(args)
+    elif args.command == "stats":
+        teacher_stats(args)
     elif args.command == "table":
         print(table(Path(args.results)))
     else:
