@@ -169,7 +169,6 @@ def run(args: argparse.Namespace) -> dict:
         default_root_dir=Path(args.work) / "runs",
         logger=False,
         enable_progress_bar=False,
-        enable_checkpointing=False,
         check_val_every_n_epoch=None,
         val_check_interval=args.steps,
         num_sanity_val_steps=0,
