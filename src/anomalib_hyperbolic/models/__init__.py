@@ -5,6 +5,7 @@ Each model class subclasses :class:`anomalib.models.components.AnomalibModule` d
 is imported (automatically, see :mod:`anomalib_hyperbolic._autoload`).
 """
 
-from .simplenet import SimpleNet
+from anomalib_hyperbolic.models.hypad import HypAD
+from anomalib_hyperbolic.models.simplenet import SimpleNet
 
-__all__: list[str] = ["SimpleNet"]
+__all__: list[str] = ["HypAD", "SimpleNet"]
