@@ -6,3 +6,7 @@ is imported (automatically, see :mod:`anomalib_hyperbolic._autoload`).
 """
 
 __all__: list[str] = []
+
+from anomalib_hyperbolic.models.dra import DRA  # noqa: E402
+
+__all__ += ["DRA"]
