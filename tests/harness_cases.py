@@ -34,4 +34,23 @@ class HarnessCase:
     datamodule_factory: Callable[[Path, int], Any] | None = None
 
 
+def _dra_datamodule(root: Path, image_size: int) -> Any:
+    """The synthetic MVTec-format data with 2 labelled anomalies in the training split (general protocol)."""
+    from anomalib.data import MVTecAD
+
+    from anomalib_hyperbolic.data import FewShotAnomalies
+
+    del image_size  # the model's pre-processor resizes
+    inner = MVTecAD(root=root, category="synthetic", train_batch_size=8, eval_batch_size=4, num_workers=0)
+    return FewShotAnomalies(inner, num_anomalies=2, max_anomalies=2, seed=0, train_batches_per_epoch=2)
+
+
 HARNESS_CASES: dict[str, HarnessCase] = {}
+
+# DRA: four small heads on ResNet-18 (random weights offline), K = 2 labelled anomalies.
+HARNESS_CASES["DRA"] = HarnessCase(
+    init_args={"backbone": "resnet18", "pre_trained": False},
+    max_epochs=1,
+    image_size=64,
+    datamodule_factory=_dra_datamodule,
+)

@@ -22,7 +22,6 @@ import os
 from typing import Any
 
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -33,6 +32,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from anomalib_hyperbolic.learning_types import SupervisedLearningType
 from anomalib_hyperbolic.synthesis import random_pseudo_anomalies
 
 from .loss import DRALoss
@@ -156,9 +156,13 @@ class DRA(AnomalibModule):
         return {"gradient_clip_val": 1.0, "num_sanity_val_steps": 0}
 
     @property
-    def learning_type(self) -> LearningType:
-        """``FEW_SHOT``: normal images plus a few labelled anomalies."""
-        return LearningType.FEW_SHOT
+    def learning_type(self) -> SupervisedLearningType:  # type: ignore[override]
+        """``"supervised"``: trained on normal images plus a few labelled anomalies.
+
+        Not anomalib's ``FEW_SHOT``: anomalib's ``Engine.fit`` runs no training for ``FEW_SHOT``
+        models (see :mod:`anomalib_hyperbolic.learning_types`).
+        """
+        return SupervisedLearningType.SUPERVISED
 
     def configure_optimizers(self) -> Any:
         """Adam (lr 2e-4, weight decay 1e-5), step decay x0.1 every 10 epochs (official code)."""
