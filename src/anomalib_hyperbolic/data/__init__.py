@@ -13,7 +13,7 @@ from anomalib_hyperbolic.data.datasets import ELPVDataset, MagneticTileDataset, 
 
 __all__ = ["ELPV", "ELPVDataset", "MagneticTile", "MagneticTileDataset", "NEUSeg", "NEUSegDataset"]
 
-from anomalib_hyperbolic.data.few_shot import FewShotAnomalies  # noqa: E402  (DRA: labelled anomalies)
+from anomalib_hyperbolic.data.few_shot import FewShotAnomalies
 
 __all__ += ["FewShotAnomalies"]
 

@@ -1,4 +1,4 @@
-"""A few labelled anomalies in the training split of any anomalib image datamodule.
+r"""A few labelled anomalies in the training split of any anomalib image datamodule.
 
 anomalib trains on normal images only. Open-set supervised detectors such as DRA (Ding et al.,
 CVPR 2022) also see ``K`` labelled anomalies. :class:`FewShotAnomalies` wraps any
@@ -320,8 +320,12 @@ class FewShotAnomalies(AnomalibDataModule):
     def category(self, category: str) -> None:
         self.datamodule.category = category
 
+    def prepare_data(self) -> None:
+        """The wrapped datamodule's ``prepare_data`` (downloads, materialisation)."""
+        self.datamodule.prepare_data()
+
     def _setup(self, _stage: str | None = None) -> None:
-        self.datamodule._setup(_stage)  # noqa: SLF001  (the wrapped datamodule's own loading step)
+        self.datamodule._setup(_stage)
         train_data = self.datamodule.train_data
         test_data = self.datamodule.test_data
         split = sample_few_shot(
@@ -334,7 +338,9 @@ class FewShotAnomalies(AnomalibDataModule):
             class_column=self.class_column,
         )
         task = test_data.samples.attrs.get("task", train_data.samples.attrs.get("task", "classification"))
-        anomalies = split.train_anomalies.reindex(columns=train_data.samples.columns.union(split.train_anomalies.columns))
+        anomalies = split.train_anomalies.reindex(
+            columns=train_data.samples.columns.union(split.train_anomalies.columns)
+        )
         train_samples = pd.concat([train_data.samples, anomalies], ignore_index=True)
         if "mask_path" in train_samples.columns:
             train_samples["mask_path"] = train_samples["mask_path"].fillna("")
@@ -343,6 +349,8 @@ class FewShotAnomalies(AnomalibDataModule):
         test_data.samples = split.test
         self.train_data = train_data
         self.test_data = test_data
+        if hasattr(self.datamodule, "val_data"):  # datamodules with their own validation folder
+            self.val_data = self.datamodule.val_data
         self.sampled_anomalies = split.train_anomalies["image_path"].astype(str).tolist()
         self.anomaly_classes = split.classes
         sampled_classes = anomaly_classes(split.train_anomalies, self.class_column).tolist()

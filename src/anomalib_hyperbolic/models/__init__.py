@@ -7,6 +7,6 @@ is imported (automatically, see :mod:`anomalib_hyperbolic._autoload`).
 
 __all__: list[str] = []
 
-from anomalib_hyperbolic.models.dra import DRA  # noqa: E402
+from anomalib_hyperbolic.models.dra import DRA
 
 __all__ += ["DRA"]

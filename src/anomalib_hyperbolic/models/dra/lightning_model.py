@@ -103,7 +103,10 @@ class DRA(AnomalibModule):
             evaluator=evaluator,
             visualizer=visualizer,
         )
-        for name, value in (("pseudo_anomaly_prob", pseudo_anomaly_prob), ("reference_pseudo_prob", reference_pseudo_prob)):
+        for name, value in (
+            ("pseudo_anomaly_prob", pseudo_anomaly_prob),
+            ("reference_pseudo_prob", reference_pseudo_prob),
+        ):
             if not 0 <= value <= 1:
                 msg = f"{name} must be in [0, 1], got {value}."
                 raise ValueError(msg)
@@ -135,14 +138,16 @@ class DRA(AnomalibModule):
         """Resize to 448x448 (appendix B.1: 448 or 224 by the data's resolution) and ImageNet normalisation."""
         image_size = image_size or (448, 448)
         return PreProcessor(
-            transform=Compose([
-                Resize(image_size, antialias=True),
-                Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-            ]),
+            transform=Compose(
+                [
+                    Resize(image_size, antialias=True),
+                    Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+                ]
+            ),
         )
 
     def configure_post_processor(self) -> PostProcessor:
-        """anomalib's ``PostProcessor``: min-max normalisation and F1-adaptive thresholds.
+        """Anomalib's ``PostProcessor``: min-max normalisation and F1-adaptive thresholds.
 
         Fitted on the validation split, which (unlike the training split) holds normal and
         anomalous images for any learning type; DRA's scores need nothing else. (anomalib only
@@ -179,9 +184,12 @@ class DRA(AnomalibModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         train_data = getattr(datamodule, "train_data", None)
         samples = getattr(train_data, "samples", None)
-        if samples is not None and "label_index" in samples.columns:
-            if int((samples["label_index"].astype(int) == 1).sum()) == 0:
-                raise ValueError(NO_ANOMALY_MESSAGE)
+        if (
+            samples is not None
+            and "label_index" in samples.columns
+            and int((samples["label_index"].astype(int) == 1).sum()) == 0
+        ):
+            raise ValueError(NO_ANOMALY_MESSAGE)
         self._anomalies_seen = 0
 
     # -- training ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""PyTorch model of DRA (Ding, Pang and Shen, "Catching Both Gray and Black Swans: Open-set
-Supervised Anomaly Detection", CVPR 2022).
+"""PyTorch model of DRA (Ding, Pang and Shen, CVPR 2022).
+
+"Catching Both Gray and Black Swans: Open-set Supervised Anomaly Detection".
 
 A shared feature network feeds four independent heads (DRA eq. 1):
 
@@ -28,7 +29,7 @@ import os
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from anomalib.data import InferenceBatch
 from torch import nn
 
@@ -147,7 +148,9 @@ class DRAModel(nn.Module):
         if layer is None:
             layer = feature_layer_names(resolve_backbone(backbone).arch)[-1]
         self.layer = layer
-        self.feature_extractor = create_feature_extractor(backbone, [layer], pre_trained=pre_trained, requires_grad=True)
+        self.feature_extractor = create_feature_extractor(
+            backbone, [layer], pre_trained=pre_trained, requires_grad=True
+        )
         in_dim = int(self.feature_extractor.out_dims[0])
         self.in_dim = in_dim
         self.top_k_ratio = top_k_ratio
