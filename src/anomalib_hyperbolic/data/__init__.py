@@ -13,6 +13,10 @@ from anomalib_hyperbolic.data.datasets import ELPVDataset, MagneticTileDataset, 
 
 __all__ = ["ELPV", "ELPVDataset", "MagneticTile", "MagneticTileDataset", "NEUSeg", "NEUSegDataset"]
 
+from anomalib_hyperbolic.data.few_shot import FewShotAnomalies
+
+__all__ += ["FewShotAnomalies"]
+
 for _name in __all__:  # get_datamodule() looks names up on the anomalib.data module
     if not hasattr(_anomalib_data, _name):
         setattr(_anomalib_data, _name, globals()[_name])

@@ -5,7 +5,8 @@ Each model class subclasses :class:`anomalib.models.components.AnomalibModule` d
 is imported (automatically, see :mod:`anomalib_hyperbolic._autoload`).
 """
 
+from anomalib_hyperbolic.models.dra import DRA
 from anomalib_hyperbolic.models.hypad import HypAD
 from anomalib_hyperbolic.models.simplenet import SimpleNet
 
-__all__: list[str] = ["HypAD", "SimpleNet"]
+__all__: list[str] = ["DRA", "HypAD", "SimpleNet"]

@@ -1,0 +1,194 @@
+"""DRA: heads, top-k MIL, losses, exportability, the zero-anomaly error and a tiny fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.data import InferenceBatch, MVTecAD
+from anomalib.engine import Engine
+
+from anomalib_hyperbolic.data import FewShotAnomalies
+from anomalib_hyperbolic.models import DRA
+from anomalib_hyperbolic.models.dra import DeviationLoss, DRALoss, DRAModel
+from anomalib_hyperbolic.models.dra.loss import BinaryFocalLoss, build_loss
+from anomalib_hyperbolic.models.dra.torch_model import top_k_mean
+from anomalib_hyperbolic.testing import make_mvtec_like_dataset
+
+
+@pytest.fixture(scope="module")
+def model() -> DRAModel:
+    torch.manual_seed(0)
+    return DRAModel(backbone="resnet18", pre_trained=False)
+
+
+def test_shapes_and_heads(model: DRAModel) -> None:
+    model.train()
+    images, reference = torch.randn(4, 3, 64, 64), torch.randn(5, 3, 64, 64)
+    scores = model(images, reference)
+    assert set(scores) == {"seen", "pseudo", "residual", "normal"}
+    assert all(value.shape == (4,) and (value >= 0).all() for value in scores.values())
+    assert model.in_dim == 512  # ResNet-18 layer4: the normality head is 512 -> 256 -> 1 (eq. 9)
+    assert model.normality_head.fc1.in_features == 512
+    assert model.normality_head.fc1.out_features == 256
+    assert model.seen_head.scoring.kernel_size == (1, 1)
+    with pytest.raises(ValueError, match="reference_images"):
+        model(images)
+    model.update_reference_features(reference)
+    assert model.reference_features_0.shape == (1, 512, 2, 2)
+    assert model.reference_features_1.shape == (1, 512, 1, 1)
+    model.eval()
+    output = model(images)
+    assert isinstance(output, InferenceBatch)
+    assert output.pred_score.shape == (4,)
+    assert output.anomaly_map.shape == (4, 1, 64, 64)
+    with pytest.raises(ValueError, match="image size"):
+        model(torch.randn(1, 3, 128, 128))
+
+
+def test_score_is_abnormality_minus_normality(model: DRAModel) -> None:
+    model.update_reference_features(torch.randn(5, 3, 64, 64))
+    model.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = []
+        for level in range(2):
+            features = model.extract(model.scale(images, level))
+            scores, _ = model.heads(features, getattr(model, f"reference_features_{level}"))
+            expected.append(scores["seen"] + scores["pseudo"] + scores["residual"] - scores["normal"])
+        output = model(images)
+    torch.testing.assert_close(output.pred_score, torch.stack(expected).mean(0))
+
+
+def test_no_reference_features_error() -> None:
+    fresh = DRAModel(backbone="resnet18", pre_trained=False).eval()
+    with pytest.raises(RuntimeError, match="reference features"):
+        fresh(torch.randn(1, 3, 64, 64))
+
+
+def test_reference_buffers_survive_state_dict(model: DRAModel) -> None:
+    model.update_reference_features(torch.randn(5, 3, 64, 64))
+    other = DRAModel(backbone="resnet18", pre_trained=False)
+    other.load_state_dict(model.state_dict())
+    model.eval()
+    other.eval()
+    images = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(other(images).pred_score, model(images).pred_score)
+
+
+def test_top_k_mil() -> None:
+    scores = torch.arange(20.0).reshape(1, 1, 4, 5)
+    assert top_k_mean(scores, 0.1).item() == pytest.approx((19 + 18) / 2)  # k = int(20 * 0.1) = 2
+    assert top_k_mean(scores, 0.01).item() == pytest.approx(19)  # k >= 1
+    assert top_k_mean(scores, 1.0).item() == pytest.approx(9.5)
+
+
+def test_deviation_loss() -> None:
+    torch.manual_seed(0)
+    loss = DeviationLoss(margin=5.0)
+    zero = torch.zeros(4)
+    # normal scores at the prior mean: ~0 loss; anomalous scores at the prior mean: ~margin
+    assert loss(zero, torch.zeros(4)).item() < 0.1
+    assert loss(zero, torch.ones(4)).item() == pytest.approx(5.0, abs=0.2)
+    assert loss(torch.full((4,), 10.0), torch.ones(4)).item() == 0.0
+    assert loss(torch.full((4,), 3.0), torch.zeros(4)).item() == pytest.approx(3.0, abs=0.2)
+    with pytest.raises(ValueError, match="margin"):
+        DeviationLoss(margin=0)
+    assert isinstance(build_loss("focal"), BinaryFocalLoss)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        build_loss("hinge")
+
+
+def test_dra_loss_routes_samples() -> None:
+    kinds = torch.tensor([0, 0, 1, 2])
+    scores = {name: torch.zeros(4, requires_grad=True) for name in ("seen", "pseudo", "residual", "normal")}
+    losses = DRALoss(loss="bce")(scores, kinds)
+    losses["loss"].backward()
+    # the seen head ignores the pseudo anomaly, the pseudo head the seen one
+    assert scores["seen"].grad[3] == 0
+    assert scores["pseudo"].grad[2] == 0
+    assert (scores["residual"].grad != 0).all()
+    # normality head: target 1 for normal samples -> gradient pushes their score up
+    assert (scores["normal"].grad[:2] < 0).all()
+    assert (scores["normal"].grad[2:] > 0).all()
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="top_k_ratio"):
+        DRAModel(backbone="resnet18", pre_trained=False, top_k_ratio=0)
+    with pytest.raises(ValueError, match="num_reference"):
+        DRAModel(backbone="resnet18", pre_trained=False, num_reference=0)
+    with pytest.raises(ValueError, match="pseudo_anomaly_prob"):
+        DRA(backbone="resnet18", pre_trained=False, pseudo_anomaly_prob=2.0)
+    with pytest.raises(ValueError, match="Unknown layer"):
+        DRAModel(backbone="resnet18", pre_trained=False, layer="layer9")
+
+
+def test_export_onnx(model: DRAModel, tmp_path: Path) -> None:
+    model.update_reference_features(torch.randn(5, 3, 64, 64))
+    model.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(images)
+    path = tmp_path / "dra.onnx"
+    torch.onnx.export(model, (images,), path, input_names=["input"], dynamo=True)
+    import openvino
+
+    compiled = openvino.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    outputs = compiled(images.numpy())
+    score = torch.from_numpy(outputs[compiled.outputs[0]])
+    anomaly_map = torch.from_numpy(outputs[compiled.outputs[1]])
+    torch.testing.assert_close(score, expected.pred_score, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(anomaly_map, expected.anomaly_map, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_mvtec_like_dataset(tmp_path_factory.mktemp("dra"), n_train=6, n_test_good=3, n_test_defect=3)
+
+
+def _engine(tmp_path: Path) -> Engine:
+    return Engine(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+    )
+
+
+def _datamodule(root: Path, shots: int) -> FewShotAnomalies:
+    inner = MVTecAD(root=root, category="synthetic", train_batch_size=8, eval_batch_size=8, num_workers=0)
+    return FewShotAnomalies(inner, num_anomalies=shots, max_anomalies=2, train_batches_per_epoch=2)
+
+
+def _tiny_model() -> DRA:
+    return DRA(
+        backbone="resnet18",
+        pre_trained=False,
+        pre_processor=DRA.configure_pre_processor((64, 64)),
+        visualizer=False,
+    )
+
+
+def test_zero_anomalies_error_names_the_option(dataset_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"FewShotAnomalies.*num_anomalies"):
+        _engine(tmp_path).fit(model=_tiny_model(), datamodule=_datamodule(dataset_root, 0))
+    plain = MVTecAD(root=dataset_root, category="synthetic", train_batch_size=8, num_workers=0)
+    with pytest.raises(ValueError, match=r"--data\.num_anomalies"):
+        _engine(tmp_path).fit(model=_tiny_model(), datamodule=plain)
+
+
+def test_tiny_fit(dataset_root: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = _tiny_model()
+    assert model.learning_type.value == "supervised"
+    engine = _engine(tmp_path)
+    engine.fit(model=model, datamodule=_datamodule(dataset_root, 2))
+    assert engine.trainer.global_step == 2
+    assert model.model.reference_images.shape == (5, 3, 64, 64)
+    assert model.model.reference_features_0.numel() > 0
+    results = engine.test(model=model, datamodule=_datamodule(dataset_root, 2))
+    assert 0.0 <= results[0]["image_AUROC"] <= 1.0
