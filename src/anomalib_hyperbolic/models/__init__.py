@@ -5,4 +5,6 @@ Each model class subclasses :class:`anomalib.models.components.AnomalibModule` d
 is imported (automatically, see :mod:`anomalib_hyperbolic._autoload`).
 """
 
-__all__: list[str] = []
+from anomalib_hyperbolic.models.hadnet import HADNet
+
+__all__: list[str] = ["HADNet"]
