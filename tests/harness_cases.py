@@ -34,4 +34,19 @@ class HarnessCase:
     datamodule_factory: Callable[[Path, int], Any] | None = None
 
 
-HARNESS_CASES: dict[str, HarnessCase] = {}
+HARNESS_CASES: dict[str, HarnessCase] = {
+    "HADNet": HarnessCase(
+        init_args={
+            "backbone": "resnet18",
+            "layers": ["layer1", "layer2", "layer3"],
+            "pre_trained": False,
+            "num_selected": [16, 16, 16],
+            "num_residuals": 16,
+            "discriminator_widths": [16, 8],
+            "init_batches": 2,
+            "hst_steps": 2,
+        },
+        max_epochs=1,
+        image_size=64,
+    ),
+}
