@@ -339,7 +339,7 @@ class HADNet(AnomalibModule):
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
-            logger.info("HADNet HST hyperplanes fitted (last loss %.4f).", float(loss))
+            logger.info("HADNet HST hyperplanes fitted (last loss %.4f).", float(loss.detach()))
 
         totals = None
         with torch.no_grad():
