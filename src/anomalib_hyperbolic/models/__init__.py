@@ -6,7 +6,8 @@ is imported (automatically, see :mod:`anomalib_hyperbolic._autoload`).
 """
 
 from anomalib_hyperbolic.models.dra import DRA
+from anomalib_hyperbolic.models.hadnet import HADNet
 from anomalib_hyperbolic.models.hypad import HypAD
 from anomalib_hyperbolic.models.simplenet import SimpleNet
 
-__all__: list[str] = ["DRA", "HypAD", "SimpleNet"]
+__all__: list[str] = ["DRA", "HADNet", "HypAD", "SimpleNet"]
