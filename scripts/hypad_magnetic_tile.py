@@ -227,6 +227,7 @@ def teacher_stats(args: argparse.Namespace) -> None:
 def table(results: Path) -> str:
     """Markdown table of the JSON lines in ``results``."""
     rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows.sort(key=lambda r: (r["model"] != "EfficientAd", r["clip_radius"], r["projection"], r["c"]))
     lines = [
         "| configuration | c | clip r | projection | I-AUROC | P-AUROC | AUPRO (0.3) | fit+test s |",
         "|---|---|---|---|---|---|---|---|",
