@@ -81,12 +81,19 @@ def _engine(max_epochs: int, workdir: str) -> object:
 
     return Engine(
         max_epochs=max_epochs,
+        limit_val_batches=0,  # no validation: raw scores (no thresholds/normalisation) suffice for AUROC
         accelerator="cpu",
         devices=1,
         default_root_dir=workdir,
         logger=False,
         enable_progress_bar=False,
     )
+
+
+def _raw_scores() -> object:
+    from anomalib.post_processing import PostProcessor
+
+    return PostProcessor(enable_normalization=False, enable_thresholding=False)
 
 
 def _evaluator() -> object:
@@ -106,6 +113,7 @@ def run_dra(dataset: str, root: str, args: argparse.Namespace, shots: int, seed:
         backbone=args.backbone,
         layer=args.layer,
         pre_processor=DRA.configure_pre_processor((args.image_size, args.image_size)),
+        post_processor=_raw_scores(),
         evaluator=_evaluator(),
         visualizer=False,
     )
@@ -135,8 +143,9 @@ def run_patchcore(dataset: str, root: str, args: argparse.Namespace, seed: int, 
         backbone="tf_efficientnet_lite0",
         layers=["blocks.2", "blocks.4"],
         pre_trained=True,
-        coreset_sampling_ratio=0.1,
+        coreset_sampling_ratio=args.coreset_ratio,
         pre_processor=Patchcore.configure_pre_processor((args.image_size, args.image_size)),
+        post_processor=_raw_scores(),
         evaluator=_evaluator(),
         visualizer=False,
     )
@@ -169,6 +178,7 @@ def main() -> None:
     parser.add_argument("--backbone", default=LITE0_FILE)
     parser.add_argument("--layer", default=None)
     parser.add_argument("--no-patchcore", action="store_true")
+    parser.add_argument("--coreset-ratio", type=float, default=0.01, help="PatchCore coreset sampling ratio")
     parser.add_argument("--out", default="results/dra_evidence/runs.jsonl")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
