@@ -189,7 +189,7 @@ def main() -> None:
         _datamodule("elpv", root, args.batch_size).prepare_data()
         plan = [(k, None) for k in args.shots]
     else:
-        classes = args.classes or ["Blowhole", "Break", "Crack", "Fray", "Uneven"]
+        classes = args.classes or ["blowhole", "break", "crack", "fray", "uneven"]
         plan = [(10, cls) for cls in classes]
 
     out = Path(args.out)
