@@ -11,7 +11,8 @@ Example (the budget of docs/models/dra.md)::
     python scripts/dra_evidence.py elpv --shots 1 10 --seeds 0 1 2 --epochs 10 --iterations 10 \\
         --batch-size 16 --image-size 160 --out results/dra_evidence/elpv.jsonl
 
-Results are appended as JSON lines (one per run) and summarised at the end.
+Results are appended as JSON lines (one per run) and summarised at the end;
+``python scripts/dra_evidence.py summarize FILE.jsonl...`` prints the Markdown table of several files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -164,7 +166,32 @@ def run_patchcore(dataset: str, root: str, args: argparse.Namespace, seed: int, 
     }
 
 
+def summarize(paths: list[str]) -> None:
+    """Markdown table (mean ± std of AUROC over seeds) of the JSON lines in ``paths``."""
+    records = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        key = (record["dataset"], record["protocol"], record["class"] or "all", record["model"], record["K"])
+        groups.setdefault(key, []).append(record)
+    print("| dataset | protocol | class | model | K | seeds | AUROC mean ± std | test normal/anomalous | s/run |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (dataset, protocol, cls, model, shots), runs in sorted(groups.items(), key=str):
+        values = [run["auroc"] for run in runs]
+        std = statistics.stdev(values) if len(values) > 1 else float("nan")
+        seeds = ",".join(str(run["seed"]) for run in runs)
+        sizes = {(run["test_normal"], run["test_anomalous"]) for run in runs}
+        size = "; ".join(f"{n}/{a}" for n, a in sorted(sizes))
+        seconds = statistics.mean(run["seconds"] for run in runs)
+        print(
+            f"| {dataset} | {protocol} | {cls} | {model} | {shots} | {seeds} | "
+            f"{statistics.mean(values):.3f} ± {std:.3f} | {size} | {seconds:.0f} |"
+        )
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "summarize":
+        summarize(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=["elpv", "magnetic_tile"])
     parser.add_argument("--root", default=None, help="dataset folder (default: ./datasets/elpv or the shared MT)")
