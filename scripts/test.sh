@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check src tests scripts
-.venv/bin/ruff format --check src tests scripts
+.venv/bin/ruff check src tests scripts examples
+.venv/bin/ruff format --check src tests scripts examples
 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 if [ "$#" -eq 0 ]; then

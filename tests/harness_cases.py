@@ -45,12 +45,44 @@ def _dra_datamodule(root: Path, image_size: int) -> Any:
     return FewShotAnomalies(inner, num_anomalies=2, max_anomalies=2, seed=0, train_batches_per_epoch=2)
 
 
-HARNESS_CASES: dict[str, HarnessCase] = {}
-
-# DRA: four small heads on ResNet-18 (random weights offline), K = 2 labelled anomalies.
-HARNESS_CASES["DRA"] = HarnessCase(
-    init_args={"backbone": "resnet18", "pre_trained": False},
-    max_epochs=1,
-    image_size=64,
-    datamodule_factory=_dra_datamodule,
-)
+HARNESS_CASES: dict[str, HarnessCase] = {
+    "SimpleNet": HarnessCase(
+        init_args={
+            "backbone": "resnet18",
+            "layers": ["layer2", "layer3"],
+            "pre_trained": False,
+            "pretrain_embed_dim": 64,
+            "target_embed_dim": 64,
+            "discriminator_hidden": 32,
+        },
+        max_epochs=1,
+    ),
+    # EfficientAD's autoencoder needs >= 256 px (5 stride-2 convolutions then an 8x8 kernel).
+    # Offline: random-init teacher, no ImageNet penalty folder.
+    "HypAD": HarnessCase(
+        init_args={"pretrained_teacher": False, "imagenet_dir": None},
+        max_epochs=1,
+        image_size=256,
+    ),
+    # DRA: four small heads on ResNet-18 (random weights offline), K = 2 labelled anomalies.
+    "DRA": HarnessCase(
+        init_args={"backbone": "resnet18", "pre_trained": False},
+        max_epochs=1,
+        image_size=64,
+        datamodule_factory=_dra_datamodule,
+    ),
+    "HADNet": HarnessCase(
+        init_args={
+            "backbone": "resnet18",
+            "layers": ["layer1", "layer2", "layer3"],
+            "pre_trained": False,
+            "num_selected": [16, 16, 16],
+            "num_residuals": 16,
+            "discriminator_widths": [16, 8],
+            "init_batches": 2,
+            "hst_steps": 2,
+        },
+        max_epochs=1,
+        image_size=64,
+    ),
+}

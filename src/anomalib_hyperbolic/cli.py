@@ -6,6 +6,8 @@ HypAD ...``); this command only adds what anomalib has no verb for.
 Subcommands:
     provision-backbone   write real ImageNet EfficientNet-Lite0 weights without a model hub
     main-job             train + test a model of this package on ELPV with offline weights
+    distill-teacher      distil a PDN teacher for HypAD/EfficientAd from any timm backbone
+    benchmark            side-by-side grid with anomalib's models: metrics, time, memory, latency
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "anomalib_hyperbolic.main_job",
         "main",
         "train and test a model of this package on ELPV with offline ImageNet weights",
+    ),
+    "distill-teacher": (
+        "anomalib_hyperbolic.models.hypad.distill",
+        "main",
+        "distil a PDN teacher (HypAD / EfficientAd) from a timm backbone on an image folder",
+    ),
+    "benchmark": (
+        "anomalib_hyperbolic.benchmark",
+        "main",
+        "train/test/time models side by side (PatchCore, EfficientAd, ...); resumable; tables + plots",
     ),
 }
 

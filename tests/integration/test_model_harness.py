@@ -10,7 +10,11 @@ a self-check of the harness itself.
 
 from __future__ import annotations
 
+import csv
 import math
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,7 @@ import anomalib_hyperbolic.models as plugin_models
 from anomalib_hyperbolic.testing import make_mvtec_like_dataset
 from tests.harness_cases import HARNESS_CASES, HarnessCase
 
+REPO = Path(__file__).resolve().parents[2]
 SELF_CHECK = "anomalib.Padim"
 CASES: dict[str, HarnessCase] = {
     **HARNESS_CASES,
@@ -144,3 +149,24 @@ def test_model_harness(name: str, dataset_root: Path, tmp_path: Path, monkeypatc
             atol=1e-3,
             err_msg=f"{name}: anomaly map differs ({exported.suffix})",
         )
+
+    # edge inference with OpenVINO alone (examples/openvino_inference.py): no torch import, same scores
+    images = image_path.parent
+    code = textwrap.dedent(
+        f"""
+        import runpy, sys
+        sys.argv = ["openvino_inference.py", {str(openvino_xml)!r}, {str(images)!r}, "--output", "scored"]
+        try:
+            runpy.run_path({str(REPO / "examples" / "openvino_inference.py")!r}, run_name="__main__")
+        except SystemExit as exit_code:
+            assert exit_code.code == 0, exit_code.code
+        assert "torch" not in sys.modules, "the OpenVINO example imported torch"
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with (tmp_path / "scored" / "scores.csv").open() as handle:
+        rows = {Path(row["file"]).name: float(row["score"]) for row in csv.DictReader(handle)}
+    assert len(rows) == len(list(images.glob("*.png")))
+    assert abs(rows[image_path.name] - float(expected.pred_score.reshape(-1)[0])) < 1e-3
+    assert len(list((tmp_path / "scored").glob("*.png"))) == len(rows)

@@ -5,8 +5,9 @@ Each model class subclasses :class:`anomalib.models.components.AnomalibModule` d
 is imported (automatically, see :mod:`anomalib_hyperbolic._autoload`).
 """
 
-__all__: list[str] = []
-
 from anomalib_hyperbolic.models.dra import DRA
+from anomalib_hyperbolic.models.hadnet import HADNet
+from anomalib_hyperbolic.models.hypad import HypAD
+from anomalib_hyperbolic.models.simplenet import SimpleNet
 
-__all__ += ["DRA"]
+__all__: list[str] = ["DRA", "HADNet", "HypAD", "SimpleNet"]

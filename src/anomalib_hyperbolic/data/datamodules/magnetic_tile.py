@@ -67,14 +67,16 @@ def magnetic_tile_checksum(root: str | Path) -> str:
     return digest.hexdigest()
 
 
-def download_magnetic_tile(root: str | Path, info: DownloadInfo = DOWNLOAD_INFO) -> Path:
+def download_magnetic_tile(root: str | Path, info: DownloadInfo | None = None) -> Path:
     """Download the repository archive, extract it into ``root`` and verify the content checksum.
 
     Uses anomalib's download progress bar and safe ``extract`` (which deletes the archive).
+    ``info`` defaults to :data:`DOWNLOAD_INFO`.
 
     Raises:
         ValueError: If the extracted images differ from the expected content checksum.
     """
+    info = info or DOWNLOAD_INFO
     root = Path(root)
     parent = root.parent
     parent.mkdir(parents=True, exist_ok=True)

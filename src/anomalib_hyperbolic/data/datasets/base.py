@@ -18,9 +18,9 @@ import torch
 from anomalib import TaskType
 from anomalib.data.dataclasses import ImageItem
 from anomalib.data.datasets.base.image import AnomalibDataset
-from anomalib.data.utils import LabelName, read_image
+from anomalib.data.utils import LabelName
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2.functional import to_image
+from torchvision.transforms.v2.functional import to_dtype, to_image
 from torchvision.tv_tensors import Mask
 
 __all__ = [
@@ -45,23 +45,27 @@ class UnreadableImageError(OSError):
 
 def open_checked(path: str | Path, what: str) -> Image.Image:
     """Open and decode an image file, raising :class:`UnreadableImageError` that names it."""
+    image = None
     try:
         image = Image.open(path)
         image.load()
     except (OSError, UnidentifiedImageError, ValueError) as error:
+        if image is not None:
+            image.close()
         msg = f"Cannot read {what} file '{path}': {type(error).__name__}: {error}"
         raise UnreadableImageError(msg) from error
     return image
 
 
 def read_image_checked(path: str | Path) -> torch.Tensor:
-    """Read an image as anomalib does (RGB float in ``[0, 1]``, grayscale replicated), naming bad files."""
-    open_checked(path, "image").close()
-    try:
-        return read_image(path, as_tensor=True)
-    except (OSError, UnidentifiedImageError, ValueError) as error:  # pragma: no cover - caught above
-        msg = f"Cannot read image file '{path}': {error}"
-        raise UnreadableImageError(msg) from error
+    """Read an image exactly as anomalib's ``read_image(path, as_tensor=True)``, naming unreadable files.
+
+    The file is decoded once and converted to RGB (grayscale replicated to 3 channels), then to
+    ``float32`` in ``[0, 1]``.
+    """
+    with open_checked(path, "image") as image:
+        rgb = image.convert("RGB")
+    return to_dtype(to_image(rgb), torch.float32, scale=True)
 
 
 class SurfaceDefectDataset(AnomalibDataset):
@@ -123,10 +127,10 @@ def validate_ratios(ratios: Sequence[float], name: str, count: int) -> tuple[flo
 
 
 def _counts(total: int, ratios: Sequence[float]) -> list[int]:
-    """Split ``total`` into ``len(ratios)`` integer parts: rounded leading parts, the remainder last."""
-    counts = []
+    """Split ``total`` into ``len(ratios)`` integer parts: leading parts rounded half up, the remainder last."""
+    counts: list[int] = []
     for ratio in ratios[:-1]:
-        counts.append(min(round(total * ratio), total - sum(counts)))
+        counts.append(min(math.floor(total * ratio + 0.5), total - sum(counts)))
     counts.append(total - sum(counts))
     return counts
 

@@ -1,0 +1,365 @@
+"""Side-by-side benchmark of this package's models and anomalib's (PatchCore, EfficientAd, ...).
+
+``anomalib-hyperbolic benchmark --config configs/benchmark/magnetic_tile.yaml``
+
+Every cell of the grid (one model configuration) trains and tests on the same datamodule, split,
+seed and backbone weights, in its own subprocess (clean peak-memory figures, isolation), and writes
+``cells/<name>.json``. Finished cells are never recomputed, so an interrupted run resumes where it
+stopped. Then the figures are collected into ``results.csv`` / ``results.md`` and plotted
+(``metrics.png``, ``latency_vs_aupro.png``, ``hypad_curvature.png``).
+
+Per cell: image AUROC and F1, pixel AUROC, AUPRO (anomalib's, FPR limit 0.3), mIoU (when the
+datamodule has masks), training wall time, peak resident memory, and CPU latency at batch 1 and
+throughput at batch 8 in PyTorch eager and OpenVINO (same process, warm-up, median of >= 20 runs).
+
+Config (YAML)::
+
+    output: results/benchmark/magnetic_tile
+    seed: 0
+    image_size: 256
+    env: {HF_HOME: .cache/hf, HF_HUB_OFFLINE: "1"}     # offline backbone for anomalib's models
+    data: {class_path: anomalib_hyperbolic.data.MagneticTile, init_args: {root: ...}}
+    latency: {runs: 20, warmup: 5, batch_sizes: [1, 8], openvino_precision: f32}
+    models:
+      - name: SimpleNet
+        class_path: anomalib_hyperbolic.models.SimpleNet
+        init_args: {backbone: .cache/weights/tf_efficientnet_lite0.safetensors, layers: [blocks.2, blocks.4]}
+        max_epochs: 4
+        data_wrapper: null          # or {class_path: ..., init_args: {...}} wrapping the datamodule (DRA)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ["image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_mIoU"]
+COLUMNS = [
+    "name",
+    *METRIC_COLUMNS,
+    "train_seconds",
+    "peak_memory_mb",
+    "torch_latency_ms_b1",
+    "torch_throughput_ips_b8",
+    "openvino_latency_ms_b1",
+    "openvino_throughput_ips_b8",
+]
+
+
+def _import(class_path: str) -> Any:
+    module_name, _, attribute = class_path.rpartition(".")
+    if not module_name:
+        msg = f"class_path must be a dotted path like package.module.Class, got {class_path!r}"
+        raise ValueError(msg)
+    return getattr(importlib.import_module(module_name), attribute)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and check a benchmark config."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        msg = f"Benchmark config {str(path)!r} not found"
+        raise FileNotFoundError(msg)
+    config = yaml.safe_load(path.read_text())
+    for key in ("output", "data", "models"):
+        if key not in config:
+            msg = f"Benchmark config {str(path)!r} lacks the key {key!r}"
+            raise ValueError(msg)
+    names = [model["name"] for model in config["models"]]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        msg = f"Benchmark model names must be unique; repeated: {duplicates}"
+        raise ValueError(msg)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# one cell (runs in a subprocess)
+# ---------------------------------------------------------------------------------------------
+
+
+def _evaluator(with_masks: bool) -> Any:
+    from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+
+    metrics = [
+        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+    ]
+    if with_masks:
+        metrics += [
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
+        ]
+        try:
+            from anomalib_hyperbolic.metrics import MIoU
+
+            metrics.append(MIoU(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False))
+        except ImportError:
+            logger.info("mIoU metric not available; column left empty")
+    return Evaluator(test_metrics=metrics)
+
+
+def _median_seconds(function: Any, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        function()
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        function()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def _latency(model: Any, export_dir: Path, image_size: int, settings: dict[str, Any]) -> dict[str, float]:
+    import numpy as np
+    import openvino as ov
+    import torch
+
+    runs = max(int(settings.get("runs", 20)), 20)
+    warmup = int(settings.get("warmup", 5))
+    batch_sizes = settings.get("batch_sizes", [1, 8])
+    precision = settings.get("openvino_precision", "f32")
+    figures: dict[str, float] = {}
+    model.eval()
+    core = ov.Core()
+    xml = model.to_openvino(export_root=export_dir, input_size=(image_size, image_size))
+    for batch in batch_sizes:
+        inputs = torch.rand(batch, 3, image_size, image_size)
+        with torch.no_grad():
+            seconds = _median_seconds(lambda inputs=inputs: model(inputs), runs, warmup)
+        _store(figures, "torch", batch, seconds)
+        ov_model = core.read_model(xml)
+        ov_model.reshape({ov_model.input(0).any_name: [batch, 3, image_size, image_size]})
+        compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": precision})
+        array = np.random.default_rng(0).random((batch, 3, image_size, image_size), dtype=np.float32)
+        request = compiled.create_infer_request()
+        seconds = _median_seconds(lambda request=request, array=array: request.infer([array]), runs, warmup)
+        _store(figures, "openvino", batch, seconds)
+    return figures
+
+
+def _store(figures: dict[str, float], runtime: str, batch: int, seconds: float) -> None:
+    if batch == 1:
+        figures[f"{runtime}_latency_ms_b1"] = seconds * 1000
+    else:
+        figures[f"{runtime}_throughput_ips_b{batch}"] = batch / seconds
+
+
+def run_cell(config: dict[str, Any], spec: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
+    """Train, test and time one model configuration; return its row."""
+    import resource
+
+    import torch
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    seed = int(config.get("seed", 0))
+    image_size = int(config.get("image_size", 256))
+    seed_everything(seed, workers=True)
+    data_cfg = config["data"]
+    datamodule = _import(data_cfg["class_path"])(**data_cfg.get("init_args", {}))
+    wrapper = spec.get("data_wrapper")
+    if wrapper:
+        datamodule = _import(wrapper["class_path"])(datamodule=datamodule, **wrapper.get("init_args", {}))
+    model_class = _import(spec["class_path"])
+    model = model_class(
+        **spec.get("init_args", {}),
+        pre_processor=model_class.configure_pre_processor(image_size=(image_size, image_size)),
+        evaluator=_evaluator(bool(config.get("pixel_metrics", True))),
+    )
+    engine = Engine(
+        max_epochs=spec.get("max_epochs", 1),
+        max_steps=spec.get("max_steps", -1),
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=cell_dir,
+        logger=False,
+        enable_progress_bar=False,
+    )
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    row: dict[str, Any] = {"name": spec["name"], "train_seconds": train_seconds}
+    row.update({key: float(value) for key, value in metrics.items()})
+    row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    torch.set_num_threads(int(os.environ.get("BENCHMARK_THREADS", torch.get_num_threads())))
+    row.update(_latency(model, cell_dir / "export", image_size, config.get("latency", {})))
+    row["class_path"] = spec["class_path"]
+    row["init_args"] = spec.get("init_args", {})
+    return row
+
+
+# ---------------------------------------------------------------------------------------------
+# the grid
+# ---------------------------------------------------------------------------------------------
+
+
+def _cell_file(output: Path, name: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return output / "cells" / f"{safe}.json"
+
+
+def run_grid(config_path: str | Path, only: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Run every missing cell in a subprocess, then write the tables and plots."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    config = load_config(config_path)
+    output = Path(config["output"])
+    (output / "cells").mkdir(parents=True, exist_ok=True)
+    specs = [spec for spec in config["models"] if not only or spec["name"] in only]
+    env = {**os.environ, **{key: str(value) for key, value in (config.get("env") or {}).items()}}
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    with Progress(*columns, TimeElapsedColumn()) as progress:
+        task = progress.add_task("benchmark", total=len(specs))
+        for spec in specs:
+            target = _cell_file(output, spec["name"])
+            if target.is_file():
+                progress.console.print(f"[dim]{spec['name']}: done earlier, kept ({target})")
+                progress.advance(task)
+                continue
+            progress.update(task, description=f"benchmark: {spec['name']}")
+            command = [
+                sys.executable,
+                "-m",
+                "anomalib_hyperbolic.benchmark",
+                "--cell",
+                spec["name"],
+                "--config",
+                str(config_path),
+            ]
+            log = output / "cells" / f"{target.stem}.log"
+            with log.open("w") as handle:
+                result = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
+            if result.returncode != 0:
+                progress.console.print(f"[red]{spec['name']}: failed (exit {result.returncode}), see {log}")
+            progress.advance(task)
+    rows = collect(output)
+    write_tables(rows, output)
+    plot(rows, output)
+    return rows
+
+
+def collect(output: Path) -> list[dict[str, Any]]:
+    """Rows of every finished cell."""
+    return [json.loads(path.read_text()) for path in sorted((output / "cells").glob("*.json"))]
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def write_tables(rows: list[dict[str, Any]], output: Path) -> None:
+    """``results.csv`` and ``results.md`` with one row per cell."""
+    with (output / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: row.get(key, "") for key in COLUMNS})
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_format(row.get(key)) for key in COLUMNS) + " |" for row in rows]
+    (output / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(rows: list[dict[str, Any]], output: Path) -> None:
+    """Metric bars per model, latency vs AUPRO, and the HypAD curvature sweep (when present)."""
+    import matplotlib as mpl
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    names = [row["name"] for row in rows]
+    metrics = [key for key in METRIC_COLUMNS if any(key in row for row in rows)]
+    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(rows) * max(1, len(metrics)) / 2), 4))
+    width = 0.8 / max(1, len(metrics))
+    for index, key in enumerate(metrics):
+        values = [row.get(key, float("nan")) for row in rows]
+        axis.bar([i + index * width for i in range(len(rows))], values, width=width, label=key)
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], names, rotation=30, ha="right")
+    axis.set_ylim(0, 1)
+    axis.legend(fontsize=7)
+    axis.set_title("metrics per model")
+    figure.tight_layout()
+    figure.savefig(output / "metrics.png", dpi=120)
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        for runtime, marker in (("torch", "o"), ("openvino", "s")):
+            latency = row.get(f"{runtime}_latency_ms_b1")
+            if latency is not None and "pixel_AUPRO" in row:
+                axis.scatter(latency, row["pixel_AUPRO"], marker=marker)
+                axis.annotate(f"{row['name']} ({runtime})", (latency, row["pixel_AUPRO"]), fontsize=6)
+    axis.set_xscale("log")
+    axis.set_xlabel("CPU latency, batch 1 (ms, log)")
+    axis.set_ylabel("AUPRO")
+    axis.set_title("latency vs AUPRO (o: PyTorch, s: OpenVINO)")
+    figure.tight_layout()
+    figure.savefig(output / "latency_vs_aupro.png", dpi=120)
+    plt.close(figure)
+
+    sweep = [
+        (float(row["init_args"]["curvature"]), row)
+        for row in rows
+        if row.get("class_path", "").endswith("HypAD") and "curvature" in row.get("init_args", {})
+    ]
+    if sweep:
+        sweep.sort(key=lambda item: item[0])
+        figure, axis = plt.subplots(figsize=(5, 4))
+        for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+            axis.plot([c for c, _ in sweep], [row.get(key, float("nan")) for _, row in sweep], marker="o", label=key)
+        axis.set_xscale("symlog", linthresh=0.01)
+        axis.set_xlabel("curvature c")
+        axis.legend()
+        axis.set_title("HypAD curvature sweep")
+        figure.tight_layout()
+        figure.savefig(output / "hypad_curvature.png", dpi=120)
+        plt.close(figure)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``anomalib-hyperbolic benchmark`` (and the per-cell subprocess entry)."""
+    parser = argparse.ArgumentParser(prog="anomalib-hyperbolic benchmark", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--config", required=True, help="benchmark YAML (see module docs)")
+    parser.add_argument("--only", nargs="*", help="run only these cell names")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
+    args = parser.parse_args(argv)
+    if args.cell:
+        config = load_config(args.config)
+        spec = next((item for item in config["models"] if item["name"] == args.cell), None)
+        if spec is None:
+            parser.error(f"no model named {args.cell!r} in {args.config}")
+        output = Path(config["output"])
+        target = _cell_file(output, args.cell)
+        row = run_cell(config, spec, output / "runs" / target.stem)
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(json.dumps(row, indent=2, default=str))
+        temporary.replace(target)  # atomic: a cell counts as done only when complete
+        return 0
+    rows = run_grid(args.config, args.only)
+    print((Path(load_config(args.config)["output"]) / "results.md").read_text())
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

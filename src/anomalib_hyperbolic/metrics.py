@@ -1,0 +1,113 @@
+"""Metrics of anomalib-hyperbolic, usable in anomalib's :class:`~anomalib.metrics.Evaluator`.
+
+:class:`MIoU` is the mean Intersection over Union of HADNet (eqs. 14-15):
+``IoU = |A ∩ B| / |A ∪ B|`` (A = predicted region, B = true region) per class, accumulated over
+the whole test set, and ``mIoU = (1/N) sum_n IoU_n`` over the N classes. For anomaly
+segmentation the classes are *normal* (background) and *anomalous* pixels; with
+``include_background=False`` only the anomalous class counts (the defect IoU).
+
+Example:
+    >>> from anomalib.metrics import Evaluator
+    >>> from anomalib_hyperbolic.metrics import MIoU
+    >>> evaluator = Evaluator(test_metrics=[MIoU(fields=["pred_mask", "gt_mask"], prefix="pixel_")])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from anomalib.metrics import AnomalibMetric
+from torchmetrics import Metric
+
+__all__ = ["MIoU"]
+
+
+class _MIoU(Metric):
+    """Dataset-level mean IoU of binary masks (HADNet eqs. 14-15).
+
+    Args:
+        include_background: Average the IoU of the normal and the anomalous class (standard
+            semantic-segmentation mIoU); ``False`` = IoU of the anomalous class only.
+        threshold: Predictions that are not boolean/integer (e.g. anomaly maps in ``[0, 1]``) are
+            binarised with ``pred > threshold``.
+        absent_score: IoU of a class with an empty union (absent from both prediction and truth).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(
+        self,
+        include_background: bool = True,
+        threshold: float = 0.5,
+        absent_score: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.include_background = include_background
+        self.threshold = threshold
+        self.absent_score = absent_score
+        self.add_state("intersection", default=torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("union", default=torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _binarise(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        if x.dtype == torch.bool:
+            return x
+        if x.is_floating_point():
+            return x > self.threshold
+        if name == "target" and ((x != 0) & (x != 1)).any():
+            msg = "MIoU expects binary ground-truth masks (0/1 or bool)."
+            raise ValueError(msg)
+        return x != 0
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Accumulate the intersection and union of both classes.
+
+        Args:
+            preds: Predicted masks (bool/int) or scores (float, binarised at ``threshold``).
+            target: Ground-truth masks, same number of elements as ``preds``.
+        """
+        if preds.numel() != target.numel():
+            msg = f"MIoU: prediction {tuple(preds.shape)} and target {tuple(target.shape)} differ in size."
+            raise ValueError(msg)
+        pred = self._binarise(preds, "preds").reshape(-1)
+        true = self._binarise(target, "target").reshape(-1)
+        anomalous_inter = (pred & true).sum()
+        anomalous_union = (pred | true).sum()
+        normal_inter = (~pred & ~true).sum()
+        normal_union = (~pred | ~true).sum()
+        self.intersection += torch.stack([normal_inter, anomalous_inter]).to(self.intersection)
+        self.union += torch.stack([normal_union, anomalous_union]).to(self.union)
+
+    def per_class(self) -> torch.Tensor:
+        """IoU of the (normal, anomalous) classes (eq. 14)."""
+        absent = torch.full_like(self.union, self.absent_score)
+        return torch.where(self.union > 0, self.intersection / self.union.clamp_min(1), absent)
+
+    def compute(self) -> torch.Tensor:
+        """Mean IoU (eq. 15)."""
+        iou = self.per_class()
+        value = iou.mean() if self.include_background else iou[1]
+        return value.to(torch.float32)
+
+
+class MIoU(AnomalibMetric, _MIoU):  # type: ignore[misc]
+    """Anomalib wrapper of the mean IoU; default fields ``("pred_mask", "gt_mask")``.
+
+    Example:
+        >>> import torch
+        >>> from anomalib.data import ImageBatch
+        >>> metric = MIoU(prefix="pixel_")
+        >>> batch = ImageBatch(
+        ...     image=torch.rand(1, 3, 2, 2),
+        ...     pred_mask=torch.tensor([[[1, 1], [0, 0]]]).bool(),
+        ...     gt_mask=torch.tensor([[[1, 0], [0, 0]]]).bool(),
+        ... )
+        >>> metric.update(batch)
+        >>> round(float(metric.compute()), 4)  # (1/2 + 2/3) / 2
+        0.5833
+    """
+
+    default_fields = ("pred_mask", "gt_mask")

@@ -1,0 +1,383 @@
+"""HADNet as an anomalib model: ``anomalib train --model HADNet``.
+
+Training has two stages:
+
+1. Initialisation (``on_train_start``, once; skipped when a checkpoint already holds it): HST
+   feature statistics from normal images, the Poincaré hyperplanes of every layer fitted to
+   anomaly masks, then the AFSS loss of every feature map accumulated over ``init_batches``
+   anomalous batches and the ``r`` lowest-loss maps fixed per layer (eqs. 8-10).
+2. Ordinary epochs: reconstruction networks + ARD discriminator trained on anomalous inputs.
+
+Anomalous inputs ``G_n`` are synthetic (anomalib's :class:`PerlinAnomalyGenerator`, DRAEM-style,
+optional texture folder) in ``training_mode="unsupervised"``, or the real defect images and masks
+of the training split in ``training_mode="supervised"``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.data.utils.generators import PerlinAnomalyGenerator
+from anomalib.metrics import AUROC, Evaluator, F1Score
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torch import nn
+from torchvision.transforms import v2
+
+from anomalib_hyperbolic.geometry import DEFAULT_CLIP_RADIUS
+from anomalib_hyperbolic.metrics import MIoU
+
+from .loss import HADNetLoss, hyperplane_loss
+from .torch_model import (
+    DEFAULT_LAYERS,
+    DEFAULT_NUM_RESIDUALS,
+    DEFAULT_NUM_SELECTED,
+    PAPER_MEAN,
+    PAPER_STD,
+    HADNetModel,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HADNet"]
+
+
+class HADNet(AnomalibModule):
+    """HADNet: hyperbolic geometry enhanced feature filtering network (Feng et al., Sci. Rep. 2025).
+
+    Args:
+        backbone: timm name or local weights file of the frozen backbone.
+        layers: Backbone layers (RealNet: ``layer1``-``layer4``).
+        pre_trained: Load pretrained backbone weights.
+        num_selected: AFSS ``r`` per layer (or one int); RealNet's 256/512/512/256 for wide_resnet50_2.
+        num_residuals: ARD ``s`` (even, <= sum of ``r``); RealNet's 256 (GMP) + 256 (GAP).
+        rho: Curvature of the Poincaré ball (paper: 0.01; 0 = Euclidean).
+        clip_radius: Feature clipping radius before the exponential map.
+        hidden_ratio: Width of each reconstruction autoencoder relative to its ``r``.
+        discriminator_widths: Conv widths of the segmentation head.
+        score_pool_size: Box filter size before taking the max of the map as image score.
+        selection: ``"afss"`` (eqs. 8-10) or ``"random"`` (ablation RDR: random maps).
+        residual_selection: ``"ard"`` (eqs. 11-13) or ``"all"`` (ablation: every residual).
+        afss_target: ``"hyperplane"`` (HADNet: hyperbolic distance map) or ``"mask"`` (RealNet AFS).
+        training_mode: ``"unsupervised"`` (normal images + synthetic anomalies) or ``"supervised"``
+            (training images carry real anomaly masks ``gt_mask``).
+        anomaly_source_path: Optional texture folder for the synthetic anomalies (e.g. DTD).
+        anomaly_probability: Share of training images turned anomalous (unsupervised mode).
+        blend_factor: Blend range of the synthetic anomalies.
+        color_jitter_p: Probability of ColorJitter per training image (paper: 0.25).
+        color_jitter: Brightness / contrast / saturation strengths of that ColorJitter.
+        lr: Adam learning rate (paper: 1e-3).
+        lr_step_size: Epochs between learning-rate decays (step decay).
+        lr_gamma: Learning-rate decay factor.
+        init_batches: Batches used for the HST statistics and the AFSS scores.
+        hst_steps: Optimisation steps fitting the Poincaré hyperplanes before AFSS.
+        hst_lr: Learning rate of those steps.
+        seed: Seed of the random selection ablation.
+        seg_weight: Weight of the segmentation loss.
+        dice_weight: Weight of the Dice term in it.
+        recon_weight: Weight of the reconstruction loss.
+        mean: Image normalisation mean (paper's values).
+        std: Image normalisation std (paper's values).
+        pre_processor: Pre-processor (default: resize to 256x256, no normalisation).
+        post_processor: Post-processor.
+        evaluator: Evaluator (default adds pixel mIoU to anomalib's metrics).
+        visualizer: Visualizer.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = DEFAULT_LAYERS,
+        pre_trained: bool = True,
+        num_selected: int | Sequence[int] = DEFAULT_NUM_SELECTED,
+        num_residuals: int = DEFAULT_NUM_RESIDUALS,
+        rho: float = 0.01,
+        clip_radius: float = DEFAULT_CLIP_RADIUS,
+        hidden_ratio: float = 0.5,
+        discriminator_widths: Sequence[int] = (128, 32, 8),
+        score_pool_size: int = 16,
+        selection: str = "afss",
+        residual_selection: str = "ard",
+        afss_target: str = "hyperplane",
+        training_mode: str = "unsupervised",
+        anomaly_source_path: str | Path | None = None,
+        anomaly_probability: float = 0.5,
+        blend_factor: float | tuple[float, float] = (0.2, 1.0),
+        color_jitter_p: float = 0.25,
+        color_jitter: float = 0.2,
+        lr: float = 1e-3,
+        lr_step_size: int = 50,
+        lr_gamma: float = 0.1,
+        init_batches: int = 16,
+        hst_steps: int = 50,
+        hst_lr: float = 1e-2,
+        seed: int = 0,
+        seg_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        recon_weight: float = 1.0,
+        mean: Sequence[float] = PAPER_MEAN,
+        std: Sequence[float] = PAPER_STD,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        choices = {
+            "selection": (selection, {"afss", "random"}),
+            "afss_target": (afss_target, {"hyperplane", "mask"}),
+            "training_mode": (training_mode, {"unsupervised", "supervised"}),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                msg = f"`{name}` must be one of {sorted(allowed)}, got {value!r}."
+                raise ValueError(msg)
+        for name, value in {"anomaly_probability": anomaly_probability, "color_jitter_p": color_jitter_p}.items():
+            if not 0 <= value <= 1:
+                msg = f"`{name}` must be in [0, 1], got {value!r}."
+                raise ValueError(msg)
+        for name, value in {"init_batches": init_batches, "lr_step_size": lr_step_size}.items():
+            if not isinstance(value, int) or value < 1:
+                msg = f"`{name}` must be an int >= 1, got {value!r}."
+                raise ValueError(msg)
+        if not isinstance(hst_steps, int) or hst_steps < 0:
+            msg = f"`hst_steps` must be an int >= 0, got {hst_steps!r}."
+            raise ValueError(msg)
+
+        self.model = HADNetModel(
+            backbone=backbone,
+            layers=layers,
+            pre_trained=pre_trained,
+            num_selected=num_selected,
+            num_residuals=num_residuals,
+            rho=rho,
+            clip_radius=clip_radius,
+            hidden_ratio=hidden_ratio,
+            discriminator_widths=discriminator_widths,
+            score_pool_size=score_pool_size,
+            residual_selection=residual_selection,
+            mean=mean,
+            std=std,
+        )
+        self.loss = HADNetLoss(seg_weight=seg_weight, dice_weight=dice_weight, recon_weight=recon_weight)
+        self.selection = selection
+        self.afss_target = afss_target
+        self.training_mode = training_mode
+        self.lr = lr
+        self.lr_step_size = lr_step_size
+        self.lr_gamma = lr_gamma
+        self.init_batches = init_batches
+        self.hst_steps = hst_steps
+        self.hst_lr = hst_lr
+        self.seed = seed
+        source = str(anomaly_source_path) if anomaly_source_path else None
+        self.augmenter = PerlinAnomalyGenerator(
+            anomaly_source_path=source, probability=anomaly_probability, blend_factor=blend_factor
+        )
+        # AFSS and the hyperplanes need anomalous images only (RealNet drops the normal type there).
+        self.init_augmenter = PerlinAnomalyGenerator(
+            anomaly_source_path=source, probability=1.0, blend_factor=blend_factor
+        )
+        strength = color_jitter
+        self.color_jitter = v2.RandomApply(
+            [v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength)], p=color_jitter_p
+        )
+
+    # ------------------------------------------------------------------ anomalib hooks
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to 256x256 (paper); images stay in [0, 1] (the model normalises internally)."""
+        image_size = image_size or (256, 256)
+        return PreProcessor(transform=v2.Compose([v2.Resize(image_size, antialias=True)]))
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """Anomalib's default metrics plus the pixel mIoU of HADNet (eqs. 14-15)."""
+        test_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+            MIoU(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+        ]
+        return Evaluator(test_metrics=test_metrics)
+
+    @classmethod
+    def configure_post_processor(cls) -> PostProcessor:
+        """Anomalib's default post-processor."""
+        return PostProcessor()
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No gradient clipping, no sanity validation (the AFSS indices are fixed at train start)."""
+        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class (synthetic anomalies) by default; supervised masks count as few-shot labels."""
+        return LearningType.ONE_CLASS
+
+    def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
+        """Adam (paper: lr 1e-3) with step decay, over reconstruction nets and discriminator."""
+        params = list(self.model.reconstructors.parameters()) + list(self.model.discriminator.parameters())
+        optimizer = torch.optim.Adam(params, lr=self.lr)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_size, gamma=self.lr_gamma)
+        return [optimizer], [scheduler]
+
+    # ------------------------------------------------------------------ data helpers
+    def _images(self, batch: Batch) -> torch.Tensor:
+        return batch.image.to(self.device, torch.float32)
+
+    def _real_masks(self, batch: Batch) -> torch.Tensor:
+        if batch.gt_mask is None:
+            msg = (
+                "HADNet training_mode='supervised' needs training batches with `gt_mask` (defect images "
+                "with masks in the training split); use training_mode='unsupervised' for normal-only data."
+            )
+            raise ValueError(msg)
+        masks = batch.gt_mask.to(self.device, torch.float32)
+        return masks.unsqueeze(1) if masks.ndim == 3 else masks
+
+    def _jitter(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.color_jitter(image) for image in images])
+
+    def _anomalous(
+        self, batch: Batch, init: bool = False, jitter: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(G_n, mask, I_n or None)``: synthetic anomalies with their normal twin, or real ones.
+
+        ColorJitter (``jitter=True``, training epochs) is applied before the synthesis, so the
+        normal twin and the anomalous image share it.
+        """
+        images = self._images(batch)
+        if jitter:
+            images = self._jitter(images)
+        if self.training_mode == "supervised":
+            return images, self._real_masks(batch), None
+        augmenter = self.init_augmenter if init else self.augmenter
+        anomalous, masks = augmenter(images)
+        return anomalous.clamp(0, 1), (masks > 0.5).float(), images
+
+    def _cycle(self, loader: Any, count: int) -> Iterator[Batch]:
+        produced = 0
+        while produced < count:
+            empty = True
+            for batch in loader:
+                empty = False
+                yield batch
+                produced += 1
+                if produced >= count:
+                    return
+            if empty:
+                return
+
+    @staticmethod
+    def _background_reference(points: Sequence[torch.Tensor], masks: torch.Tensor) -> list[torch.Tensor]:
+        """Normal reference for real anomalies: per image, the mean feature outside the mask."""
+        reference = []
+        for z in points:
+            keep = 1 - (F.interpolate(masks, size=z.shape[-2:], mode="bilinear", align_corners=False) > 0).float()
+            mean = (z * keep).sum(dim=(2, 3), keepdim=True) / keep.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+            reference.append(mean.expand_as(z))
+        return reference
+
+    # ------------------------------------------------------------------ stage 1: HST + AFSS
+    def on_train_start(self) -> None:
+        """Check transforms, then fit HST statistics / hyperplanes and fix the AFSS selection once."""
+        if self.pre_processor and any(
+            isinstance(t, v2.Normalize) for t in getattr(self.pre_processor.transform, "transforms", [])
+        ):
+            msg = "HADNet normalises images itself (`mean`/`std`); remove Normalize from the pre-processor."
+            raise ValueError(msg)
+        if bool(self.model.initialized):
+            return
+        loader = self.trainer.train_dataloader
+        self.initialize(loader)
+
+    def initialize(self, loader: Any) -> None:
+        """Stage 1 on batches of ``loader``: feature statistics, hyperplanes, AFSS selection."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        state = None
+        for batch in self._cycle(loader, self.init_batches):
+            images = self._images(batch)
+            state = model.update_feature_statistics(images, state)
+        if state is None:
+            msg = "HADNet got an empty training dataloader."
+            raise ValueError(msg)
+        model.set_feature_statistics(state)
+
+        if self.selection == "random":
+            model.set_selection([torch.zeros(c) for c in model.channels], mode="random", seed=self.seed)
+            model.train(was_training)
+            return
+
+        if self.afss_target == "hyperplane" and self.hst_steps > 0:
+            params = [*model.hyperplane_offsets, *model.hyperplane_normals, model.hyperplane_log_scales]
+            optimizer = torch.optim.Adam(params, lr=self.hst_lr)
+            with torch.enable_grad():
+                for batch in self._cycle(loader, self.hst_steps):
+                    anomalous, masks, _ = self._anomalous(batch, init=True)
+                    points = model.hst(model.extract(anomalous))
+                    loss = hyperplane_loss(model.hyperplane_logits(points), masks)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+            logger.info("HADNet HST hyperplanes fitted (last loss %.4f).", float(loss.detach()))
+
+        totals = None
+        with torch.no_grad():
+            for batch in self._cycle(loader, self.init_batches):
+                anomalous, masks, normal = self._anomalous(batch, init=True)
+                anomalous_points = model.hst(model.extract(anomalous))
+                if normal is None:
+                    normal_points = self._background_reference(anomalous_points, masks)
+                else:
+                    normal_points = model.hst(model.extract(normal))
+                losses = model.afss_channel_losses(
+                    normal_points, anomalous_points, target=self.afss_target, masks=masks
+                )
+                totals = losses if totals is None else [t + loss for t, loss in zip(totals, losses, strict=True)]
+        model.set_selection(totals, mode="afss")
+        model.train(was_training)
+
+    # ------------------------------------------------------------------ stage 2
+    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Reconstruction + ARD discriminator on anomalous inputs."""
+        del args, kwargs
+        anomalous, masks, normal = self._anomalous(batch, jitter=True)
+        selected, _ = self.model.forward_features(anomalous)
+        out = self.model.head(selected, anomalous.shape[-2:])
+        if normal is None:
+            targets, recon_masks = [s.detach() for s in selected], masks
+        else:
+            with torch.no_grad():
+                targets, _ = self.model.forward_features(normal)
+            recon_masks = None
+        losses = self.loss(out["logits"], masks, out["reconstructions"], targets, recon_masks)
+        self.log("train_loss", losses["loss"].item(), on_epoch=True, prog_bar=True, logger=True)
+        self.log("train_seg_loss", losses["seg_loss"].item(), on_epoch=True, logger=True)
+        self.log("train_recon_loss", losses["recon_loss"].item(), on_epoch=True, logger=True)
+        return {"loss": losses["loss"]}
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Predict scores and anomaly maps."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())

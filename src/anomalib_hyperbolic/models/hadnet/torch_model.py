@@ -1,0 +1,409 @@
+"""HADNet torch model: hyperbolic space transformation, AFSS, reconstruction and ARD.
+
+Pipeline (paper Fig. 3; RealNet's AFS/RRS design with a hyperbolic space transformation):
+
+1. Frozen multi-scale backbone features ``phi_i`` (``i`` = layer).
+2. HST (eqs. 3, 5-7): per pixel, the features of a layer are standardised with statistics of
+   normal training images, scaled to unit expected norm, clipped (radius 2.3) and mapped onto
+   the Poincaré ball of curvature ``-rho`` with ``expmap0``. A learned Poincaré hyperplane per
+   layer gives the hyperbolic distance map ``d_rho(z, H^c)`` used as AFSS target.
+3. AFSS (eqs. 8-10): the ``r_i`` channels of layer ``i`` with the lowest AFSS loss are kept
+   (fixed indices in buffers, chosen once before training by :meth:`HADNetModel.afss_channel_losses`).
+4. Reconstruction: a small autoencoder per layer; residual ``gamma_i = (phi_i - Phi_i)^2``.
+5. ARD (eqs. 11-13): residuals upsampled to the finest resolution and concatenated (``Gamma``),
+   per image the ``s/2`` channels with the largest GMP and the ``s/2`` with the largest GAP are
+   gathered (``Lambda``) and a discriminator (segmentation head) gives the anomaly map; the
+   image score is the maximum of the box-filtered map.
+
+Every step at inference is a static tensor op (index_select with buffers, topk, gather), so the
+model exports to ONNX and OpenVINO.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from anomalib.data import InferenceBatch
+from torch import nn
+
+from anomalib_hyperbolic.backbones import create_feature_extractor
+from anomalib_hyperbolic.geometry import DEFAULT_CLIP_RADIUS, clip_features, expmap0, poincare_hyperplane_distance
+
+# HADNet "Implementation details": RGB mean / std used to normalise images.
+PAPER_MEAN = (0.491, 0.449, 0.410)
+PAPER_STD = (0.231, 0.219, 0.220)
+# RealNet's wide_resnet50_2 structure: layers 1-4 keep 256/512/512/256 channels, RRS keeps 256 + 256.
+DEFAULT_LAYERS = ("layer1", "layer2", "layer3", "layer4")
+DEFAULT_NUM_SELECTED = (256, 512, 512, 256)
+DEFAULT_NUM_RESIDUALS = 512
+
+
+def _validate_rho(rho: float) -> float:
+    if not isinstance(rho, int | float) or isinstance(rho, bool) or not math.isfinite(rho) or rho < 0:
+        msg = f"Curvature `rho` must be a finite number >= 0 (0 = Euclidean), got {rho!r}."
+        raise ValueError(msg)
+    return float(rho)
+
+
+def resolve_num_selected(
+    num_selected: int | Sequence[int], channels: Sequence[int], layers: Sequence[str]
+) -> list[int]:
+    """Check the AFSS sizes ``r`` (one int for all layers or one per layer) against the layer widths.
+
+    Raises:
+        ValueError: ``r`` has the wrong length, is < 1, or exceeds a layer's channel count.
+    """
+    values = [num_selected] * len(channels) if isinstance(num_selected, int) else list(num_selected)
+    if len(values) != len(channels):
+        msg = f"`num_selected` (r) needs one value per layer {list(layers)}, got {list(values)}."
+        raise ValueError(msg)
+    for layer, value, width in zip(layers, values, channels, strict=True):
+        if not isinstance(value, int) or value < 1 or value > width:
+            msg = (
+                f"`num_selected` (r) for layer {layer!r} must be an int in [1, {width}] "
+                f"(the layer has {width} channels), got {value!r}."
+            )
+            raise ValueError(msg)
+    return values
+
+
+def validate_num_residuals(num_residuals: int, total: int) -> int:
+    """Check the ARD size ``s``: even (``s/2`` from GMP and ``s/2`` from GAP) and at most the channel total.
+
+    Raises:
+        ValueError: ``s`` is odd, < 2 or larger than ``sum(r)``.
+    """
+    if not isinstance(num_residuals, int) or num_residuals < 2 or num_residuals % 2:
+        msg = f"`num_residuals` (s) must be an even int >= 2 (s/2 by GMP + s/2 by GAP), got {num_residuals!r}."
+        raise ValueError(msg)
+    if num_residuals > total:
+        msg = f"`num_residuals` (s) = {num_residuals} exceeds the {total} selected residual channels (sum of r)."
+        raise ValueError(msg)
+    return num_residuals
+
+
+class FeatureAutoencoder(nn.Module):
+    """Per-layer reconstruction network (CPU-light replacement of RealNet's diffusion UNet).
+
+    ``conv3x3 -> conv3x3 stride 2 (bottleneck) -> bilinear upsample -> conv3x3 -> conv1x1``: the
+    strided bottleneck stops the identity shortcut, so anomalous features are reconstructed as
+    their normal neighbourhood.
+    """
+
+    def __init__(self, channels: int, hidden_ratio: float = 0.5) -> None:
+        super().__init__()
+        hidden = max(8, round(channels * hidden_ratio))
+        self.encoder = nn.Sequential(
+            nn.Conv2d(channels, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+        )
+        self.decoder = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruct ``x`` (same shape)."""
+        code = self.encoder(x)
+        code = F.interpolate(code, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.decoder(code)
+
+
+class Discriminator(nn.Module):
+    """Segmentation head on the ARD residual ``Lambda`` -> one anomaly logit per pixel."""
+
+    def __init__(self, in_channels: int, widths: Sequence[int] = (128, 32, 8)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for index, width in enumerate(widths):
+            layers += [nn.Conv2d(previous, width, 3, padding=1, bias=index != 0)]
+            if index == 0:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.ReLU(inplace=True))
+            previous = width
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(previous, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, 1, h, w)``."""
+        return self.head(self.body(x))
+
+
+class HADNetModel(nn.Module):
+    """HADNet: hyperbolic feature filtering network (torch part, exportable).
+
+    Args:
+        backbone: timm name or local weights file (see :mod:`anomalib_hyperbolic.backbones`).
+        layers: Backbone layers (RealNet: ``layer1``-``layer4`` of ``wide_resnet50_2``).
+        pre_trained: Load pretrained backbone weights.
+        num_selected: AFSS ``r`` per layer (or one int for all layers).
+        num_residuals: ARD ``s`` (even): ``s/2`` channels by GMP plus ``s/2`` by GAP.
+        rho: Curvature of the Poincaré ball (``0`` = Euclidean, HADNet default 0.01).
+        clip_radius: Feature clipping radius before ``expmap0``.
+        hidden_ratio: Width of each reconstruction autoencoder relative to its ``r``.
+        discriminator_widths: Conv widths of the segmentation head.
+        score_pool_size: Box filter applied to the anomaly map before the max (image score).
+        residual_selection: ``"ard"`` (eqs. 11-13) or ``"all"`` (ablation: every residual channel).
+        mean: Image normalisation mean (images arrive in ``[0, 1]``).
+        std: Image normalisation std.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: Sequence[str] = DEFAULT_LAYERS,
+        pre_trained: bool = True,
+        num_selected: int | Sequence[int] = DEFAULT_NUM_SELECTED,
+        num_residuals: int = DEFAULT_NUM_RESIDUALS,
+        rho: float = 0.01,
+        clip_radius: float = DEFAULT_CLIP_RADIUS,
+        hidden_ratio: float = 0.5,
+        discriminator_widths: Sequence[int] = (128, 32, 8),
+        score_pool_size: int = 16,
+        residual_selection: str = "ard",
+        mean: Sequence[float] = PAPER_MEAN,
+        std: Sequence[float] = PAPER_STD,
+    ) -> None:
+        super().__init__()
+        self.rho = _validate_rho(rho)
+        if not isinstance(clip_radius, int | float) or clip_radius <= 0:
+            msg = f"`clip_radius` must be > 0 (math.inf disables clipping), got {clip_radius!r}."
+            raise ValueError(msg)
+        if residual_selection not in {"ard", "all"}:
+            msg = f"`residual_selection` must be 'ard' or 'all', got {residual_selection!r}."
+            raise ValueError(msg)
+        if not isinstance(score_pool_size, int) or score_pool_size < 1:
+            msg = f"`score_pool_size` must be an int >= 1, got {score_pool_size!r}."
+            raise ValueError(msg)
+        self.clip_radius = float(clip_radius)
+        self.layers = list(layers)
+        self.score_pool_size = score_pool_size
+        self.residual_selection = residual_selection
+
+        self.feature_extractor = create_feature_extractor(backbone, self.layers, pre_trained=pre_trained).eval()
+        self.channels = [int(c) for c in self.feature_extractor.out_dims]
+        self.num_selected = resolve_num_selected(num_selected, self.channels, self.layers)
+        total = sum(self.num_selected)
+        self.num_residuals = validate_num_residuals(num_residuals, total) if residual_selection == "ard" else total
+
+        self.register_buffer("image_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("image_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        # HST standardisation statistics (fitted on normal training images, see fit_feature_statistics).
+        for index, width in enumerate(self.channels):
+            self.register_buffer(f"feature_mean_{index}", torch.zeros(1, width, 1, 1))
+            self.register_buffer(f"feature_std_{index}", torch.ones(1, width, 1, 1))
+            # AFSS: indices of the selected feature maps; default = the first r (replaced by select_channels).
+            self.register_buffer(f"selected_{index}", torch.arange(self.num_selected[index], dtype=torch.long))
+        self.register_buffer("initialized", torch.tensor(False))
+
+        # HST eqs. (6)-(7): one learned Poincaré hyperplane (offset p on the ball, normal a) per layer.
+        self.hyperplane_offsets = nn.ParameterList([nn.Parameter(torch.zeros(1, w)) for w in self.channels])
+        self.hyperplane_normals = nn.ParameterList(
+            [nn.Parameter(torch.randn(1, w) / math.sqrt(w)) for w in self.channels]
+        )
+        self.hyperplane_log_scales = nn.Parameter(torch.zeros(len(self.channels)))
+
+        self.reconstructors = nn.ModuleList([FeatureAutoencoder(r, hidden_ratio) for r in self.num_selected])
+        # RealNet RRS: residual channels are ranked after a parameter-free batch norm.
+        self.rank_norm = nn.BatchNorm2d(total, affine=False, momentum=0.1)
+        self.discriminator = Discriminator(self.num_residuals, discriminator_widths)
+
+    # ---------------------------------------------------------------- parts
+    def train(self, mode: bool = True) -> HADNetModel:
+        """Switch mode, keeping the frozen backbone in eval mode."""
+        super().train(mode)
+        self.feature_extractor.eval()
+        return self
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Frozen backbone features ``phi_i`` for images in ``[0, 1]``."""
+        normalised = (images - self.image_mean) / self.image_std
+        features = self.feature_extractor(normalised)
+        return [features[layer] for layer in self.layers]
+
+    def hst(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Hyperbolic space transformation: standardise, clip, ``expmap0`` per pixel (HADNet eq. 3).
+
+        Features are standardised per channel and divided by ``sqrt(C)`` so a typical pixel vector
+        has norm ~1; clipping at ``clip_radius`` then only bounds outliers, and ``expmap0`` with
+        curvature ``rho`` compresses large norms (``rho = 0``: clipped Euclidean features).
+        """
+        out = []
+        for index, feature in enumerate(features):
+            mean = getattr(self, f"feature_mean_{index}")
+            std = getattr(self, f"feature_std_{index}")
+            tangent = (feature - mean) / std / math.sqrt(feature.shape[1])
+            tangent = clip_features(tangent, self.clip_radius, dim=1)
+            out.append(expmap0(tangent, self.rho, dim=1) if self.rho > 0 else tangent)
+        return out
+
+    def hyperplane_distance(self, index: int, points: torch.Tensor) -> torch.Tensor:
+        """Signed hyperbolic distance ``d_rho(z, H^c)`` of ball points to layer ``index``'s hyperplane (eq. 7)."""
+        return poincare_hyperplane_distance(
+            points,
+            self.hyperplane_offsets[index],
+            self.hyperplane_normals[index],
+            self.rho,
+            dim=1,
+            signed=True,
+        )
+
+    def hyperplane_logits(self, points: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-layer anomaly logits of the hyperplane classifiers (hyperbolic MLR, distance x scale)."""
+        scales = self.hyperplane_log_scales.exp()
+        return [self.hyperplane_distance(index, z) * scales[index] for index, z in enumerate(points)]
+
+    def select(self, points: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """AFSS: keep the selected feature maps of every layer (indices are buffers)."""
+        return [torch.index_select(z, 1, getattr(self, f"selected_{index}")) for index, z in enumerate(points)]
+
+    def reconstruct(self, selected: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Reconstructed features ``Phi_i`` of the selected maps."""
+        return [net(z) for net, z in zip(self.reconstructors, selected, strict=True)]
+
+    def global_residual(self, residuals: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``Gamma``: residuals upsampled to the finest resolution and concatenated (ARD)."""
+        size = residuals[0].shape[-2:]
+        for residual in residuals[1:]:
+            if residual.shape[-1] > size[-1]:
+                size = residual.shape[-2:]
+        upsampled = [
+            r if r.shape[-2:] == size else F.interpolate(r, size=size, mode="bilinear", align_corners=False)
+            for r in residuals
+        ]
+        return torch.cat(upsampled, dim=1)
+
+    def ard(self, gamma: torch.Tensor) -> torch.Tensor:
+        """ARD eqs. (11)-(13): ``Lambda`` = top-``s/2`` channels by GMP (+) top-``s/2`` by GAP, per image."""
+        if self.residual_selection == "all":
+            return gamma
+        ranked = self.rank_norm(gamma)
+        half = self.num_residuals // 2
+        gmp = ranked.amax(dim=(2, 3))  # eq. (11)
+        gap = ranked.mean(dim=(2, 3))  # eq. (12)
+        index_max = torch.topk(gmp, half, dim=1).indices
+        index_avg = torch.topk(gap, half, dim=1).indices
+        index = torch.cat([index_max, index_avg], dim=1)  # eq. (13)
+        index = index[:, :, None, None].expand(-1, -1, gamma.shape[2], gamma.shape[3])
+        return torch.gather(gamma, 1, index)
+
+    def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Image score: max of the box-filtered anomaly map (RealNet evaluation)."""
+        size = min(self.score_pool_size, anomaly_map.shape[-2], anomaly_map.shape[-1])
+        pooled = F.avg_pool2d(anomaly_map, kernel_size=size, stride=1) if size > 1 else anomaly_map
+        return pooled.flatten(1).amax(dim=1)
+
+    # ---------------------------------------------------------------- forward
+    def forward_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Selected hyperbolic features ``phi_i`` of every layer and all ball points ``z_i``."""
+        points = self.hst(self.extract(images))
+        return self.select(points), points
+
+    def head(self, selected: Sequence[torch.Tensor], image_size: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Reconstruction, residuals, ARD and discriminator for already selected features."""
+        recon = self.reconstruct(selected)
+        residuals = [(z - r) ** 2 for z, r in zip(selected, recon, strict=True)]
+        gamma = self.global_residual(residuals)
+        logits = self.discriminator(self.ard(gamma))
+        logits = F.interpolate(logits, size=tuple(image_size), mode="bilinear", align_corners=False)
+        return {"logits": logits, "reconstructions": recon}
+
+    def forward(self, images: torch.Tensor) -> InferenceBatch | dict[str, torch.Tensor]:
+        """Inference: ``InferenceBatch(pred_score, anomaly_map)``; training: see :meth:`head`."""
+        selected, _ = self.forward_features(images)
+        out = self.head(selected, images.shape[-2:])
+        if self.training:
+            out["selected"] = selected
+            return out
+        anomaly_map = torch.sigmoid(out["logits"])
+        return InferenceBatch(pred_score=self.score(anomaly_map), anomaly_map=anomaly_map)
+
+    # ---------------------------------------------------------------- initialisation (before training)
+    @torch.no_grad()
+    def update_feature_statistics(self, images: torch.Tensor, state: list[list[torch.Tensor]] | None) -> list:
+        """Accumulate per-channel sums over normal images; call :meth:`set_feature_statistics` after."""
+        features = self.extract(images)
+        state = state or [[torch.zeros(()), torch.zeros(f.shape[1]), torch.zeros(f.shape[1])] for f in features]
+        for acc, feature in zip(state, features, strict=True):
+            flat = feature.double().transpose(0, 1).flatten(1)
+            acc[0] = acc[0] + flat.shape[1]
+            acc[1] = acc[1] + flat.sum(1).cpu()
+            acc[2] = acc[2] + flat.pow(2).sum(1).cpu()
+        return state
+
+    @torch.no_grad()
+    def set_feature_statistics(self, state: list[list[torch.Tensor]]) -> None:
+        """Store the HST standardisation mean / std from :meth:`update_feature_statistics`."""
+        for index, (count, total, squares) in enumerate(state):
+            mean = total / count
+            std = (squares / count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-6)
+            getattr(self, f"feature_mean_{index}").copy_(mean.view(1, -1, 1, 1))
+            getattr(self, f"feature_std_{index}").copy_(std.view(1, -1, 1, 1))
+
+    @torch.no_grad()
+    def afss_channel_losses(
+        self,
+        normal_points: Sequence[torch.Tensor],
+        anomalous_points: Sequence[torch.Tensor],
+        target: str = "hyperplane",
+        masks: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """AFSS loss of every feature map of every layer for one batch (eqs. 8-10).
+
+        ``epsilon(i, j) = phi(i, j)_{I_n} - phi(i, j)_{G_n}`` (eq. 8); ``M = R(N(epsilon^2))`` (eq. 9)
+        with ``N`` = min-max over the batch and ``R`` = alignment to the target's grid (the distance
+        map is computed on each layer's own grid; a mask is resized to it with nearest neighbours);
+        ``L_AFSS(i, j) = mean (M - N(d))^2`` (eq. 10) where ``d`` is the signed hyperbolic distance
+        to the layer's hyperplane (``target="hyperplane"``), or the anomaly mask itself
+        (``target="mask"``, RealNet's AFS).
+
+        Returns:
+            One ``(C_i,)`` tensor of losses per layer.
+        """
+        losses = []
+        for index, (normal, anomalous) in enumerate(zip(normal_points, anomalous_points, strict=True)):
+            if target == "mask":
+                if masks is None:
+                    msg = "AFSS target 'mask' needs `masks`."
+                    raise ValueError(msg)
+                goal = F.interpolate(masks.float(), size=anomalous.shape[-2:], mode="nearest")
+            else:
+                goal = self.hyperplane_distance(index, anomalous)
+            goal = _minmax(goal.transpose(0, 1).flatten(1))  # (1, B*h*w)
+            # eq. (8), squared; R is the identity here: d is computed on the layer's own grid.
+            diff = (normal - anomalous) ** 2
+            m = _minmax(diff.transpose(0, 1).flatten(1))  # eq. (9), (C, B*h*w)
+            losses.append((m - goal).pow(2).mean(dim=1))  # eq. (10)
+        return losses
+
+    @torch.no_grad()
+    def set_selection(self, losses: Sequence[torch.Tensor], mode: str = "afss", seed: int = 0) -> None:
+        """Fix the AFSS indices: the ``r_i`` maps with the lowest loss (``mode="random"``: ablation)."""
+        generator = torch.Generator().manual_seed(seed)
+        for index, loss in enumerate(losses):
+            r = self.num_selected[index]
+            if mode == "random":
+                chosen = torch.randperm(loss.numel(), generator=generator)[:r]
+            else:
+                loss = torch.nan_to_num(loss.float(), nan=float("inf"))
+                chosen = torch.topk(loss, r, largest=False).indices
+            getattr(self, f"selected_{index}").copy_(torch.sort(chosen).values.to(torch.long))
+        self.initialized.fill_(True)
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    """Min-max normalisation of each row of ``x`` to ``[0, 1]`` (HADNet's ``N``)."""
+    low = x.amin(dim=1, keepdim=True)
+    high = x.amax(dim=1, keepdim=True)
+    return (x - low) / (high - low + 1e-6)

@@ -1,0 +1,332 @@
+"""PyTorch model of HypAD: EfficientAD's student-teacher-autoencoder in the Poincaré ball.
+
+The networks (PDN-S / PDN-M teacher, student with twice the channels, autoencoder), the teacher
+standardisation, the augmentation of the autoencoder view and the map normalisation are anomalib's
+:class:`~anomalib.models.image.efficient_ad.torch_model.EfficientAdModel`, which this class extends.
+What changes (HypAD section 3.2):
+
+1. every 384-d output (teacher, both student halves, autoencoder) passes the projection module
+   (a pooling layer), is clipped to radius ``r`` (:func:`~anomalib_hyperbolic.geometry.clip_features`,
+   HypAD section 4.2) and mapped into the Poincaré ball of curvature ``c`` by ``expmap0`` (eq. (4));
+2. every squared difference of EfficientAD (hard-feature loss, ImageNet penalty, autoencoder loss,
+   student-AE loss, both anomaly maps) is replaced by the hyperbolic discrepancy of
+   :func:`~anomalib_hyperbolic.models.hypad.loss.hyperbolic_discrepancy` (eqs. (2), (6)).
+
+With ``c=0``, ``clip_radius=inf``, ``projection="identity"`` and ``augmentation_prob=1`` the model
+computes exactly what anomalib's ``EfficientAdModel`` computes (same random-number stream, same
+losses and maps).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from anomalib.data import InferenceBatch
+from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, EfficientAdModelSize
+from torch import nn
+
+from anomalib_hyperbolic.geometry import clip_features, validate_curvature
+
+from .loss import DISCREPANCY_MODES, embed_to_ball, hard_feature_loss, hyperbolic_discrepancy
+
+__all__ = ["PROJECTIONS", "ChannelAvgPool", "HypADModel", "load_teacher_weights", "parse_model_size"]
+
+PROJECTIONS = ("avgpool", "identity")
+
+
+def parse_model_size(model_size: EfficientAdModelSize | str) -> EfficientAdModelSize:
+    """``"small"``/``"s"``/``"medium"``/``"m"`` (any case) -> :class:`EfficientAdModelSize`."""
+    if isinstance(model_size, EfficientAdModelSize):
+        return model_size
+    aliases = {"s": "small", "m": "medium", "pdn-s": "small", "pdn-m": "medium"}
+    value = str(model_size).strip().lower()
+    value = aliases.get(value, value)
+    try:
+        return EfficientAdModelSize(value)
+    except ValueError:
+        msg = f"Unknown PDN size `model_size={model_size!r}`; use 'small' (PDN-S) or 'medium' (PDN-M)."
+        raise ValueError(msg) from None
+
+
+class ChannelAvgPool(nn.Module):
+    """Projection module of HypAD: average pooling over groups of ``kernel`` adjacent channels.
+
+    HypAD section 3.2 reduces the 384-d PDN features "by a simple projection module (i.e. a pooling
+    layer)" before the exponential map, without giving the pooling; we pool the channel axis
+    (``C -> C / kernel``), parameter-free. ``kernel=1`` is the identity.
+    """
+
+    def __init__(self, kernel: int = 2) -> None:
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W) -> (B, C / kernel, H, W)``."""
+        if self.kernel == 1:
+            return x
+        b, ch, h, w = x.shape
+        return x.reshape(b, ch // self.kernel, self.kernel, h, w).mean(dim=2)
+
+
+class HypADModel(EfficientAdModel):
+    """HypAD network: EfficientAD's PDN teacher/student and autoencoder, trained in the Poincaré ball.
+
+    Args:
+        teacher_out_channels: Channels of the teacher output (384 in the paper).
+        model_size: PDN size, ``"small"`` (PDN-S, default) or ``"medium"`` (PDN-M).
+        c: Curvature ``>= 0`` (ball of curvature ``-c``); ``0.01`` in the paper. With
+            ``learn_curvature`` this is the initial value.
+        learn_curvature: Learn ``c`` as ``softplus(raw)`` (kept positive) instead of fixing it.
+        clip_radius: Feature-clipping radius ``r`` before the exponential map (2.3 in the paper);
+            ``math.inf`` disables clipping.
+        projection: ``"avgpool"`` (channel average pooling by ``projection_kernel``) or ``"identity"``.
+        projection_kernel: Channel-pooling kernel of the ``"avgpool"`` projection.
+        discrepancy: ``"tangent"`` (default), ``"location"`` or ``"channel"``, see
+            :mod:`anomalib_hyperbolic.models.hypad.loss`.
+        augmentation_prob: Probability of colour-jittering the autoencoder view (0.2 in HypAD
+            section 4.2; EfficientAD always jitters, i.e. 1.0).
+        hard_quantile: Quantile of the hard-feature loss (0.999 as EfficientAD).
+        padding: Padding in the convolutions (anomalib's EfficientAd option).
+        pad_maps: Pad the maps of an unpadded network to the padded size (anomalib's option).
+    """
+
+    def __init__(
+        self,
+        teacher_out_channels: int = 384,
+        model_size: EfficientAdModelSize | str = EfficientAdModelSize.S,
+        c: float = 0.01,
+        learn_curvature: bool = False,
+        clip_radius: float = 2.3,
+        projection: str = "avgpool",
+        projection_kernel: int = 2,
+        discrepancy: str = "tangent",
+        augmentation_prob: float = 0.2,
+        hard_quantile: float = 0.999,
+        padding: bool = False,
+        pad_maps: bool = True,
+    ) -> None:
+        size = parse_model_size(model_size)
+        validate_curvature(c, "c")
+        if learn_curvature and float(c) <= 0:
+            msg = f"`learn_curvature=True` needs an initial curvature `c` > 0 (softplus parameter), got c={c}."
+            raise ValueError(msg)
+        if not isinstance(clip_radius, int | float) or math.isnan(clip_radius) or clip_radius <= 0:
+            msg = f"`clip_radius` must be a number > 0 (math.inf disables clipping), got {clip_radius!r}."
+            raise ValueError(msg)
+        if projection not in PROJECTIONS:
+            msg = f"`projection` must be one of {PROJECTIONS}, got {projection!r}."
+            raise ValueError(msg)
+        kernel = projection_kernel if projection == "avgpool" else 1
+        if kernel < 1 or teacher_out_channels % kernel:
+            msg = (
+                f"`projection_kernel` must be >= 1 and divide `teacher_out_channels` ({teacher_out_channels}), "
+                f"got {projection_kernel}."
+            )
+            raise ValueError(msg)
+        if discrepancy not in DISCREPANCY_MODES:
+            msg = f"`discrepancy` must be one of {DISCREPANCY_MODES}, got {discrepancy!r}."
+            raise ValueError(msg)
+        if not 0.0 <= augmentation_prob <= 1.0:
+            msg = f"`augmentation_prob` must be in [0, 1], got {augmentation_prob}."
+            raise ValueError(msg)
+        if not 0.0 < hard_quantile < 1.0:
+            msg = f"`hard_quantile` must be in (0, 1), got {hard_quantile}."
+            raise ValueError(msg)
+        super().__init__(
+            teacher_out_channels=teacher_out_channels,
+            model_size=size,
+            padding=padding,
+            pad_maps=pad_maps,
+        )
+        self.model_size = size
+        self.clip_radius = float(clip_radius)
+        self.projection = ChannelAvgPool(kernel)
+        self.discrepancy = discrepancy
+        self.augmentation_prob = float(augmentation_prob)
+        self.hard_quantile = float(hard_quantile)
+        self.learn_curvature = learn_curvature
+        self._fixed_c = float(c)
+        if learn_curvature:
+            # softplus^-1(c) = log(expm1(c)), so that softplus(raw) == c at initialisation.
+            self.curvature_raw = nn.Parameter(torch.tensor(math.log(math.expm1(float(c)))))
+
+    @property
+    def curvature(self) -> float | torch.Tensor:
+        """Current curvature ``c`` (a Python float when fixed, a positive scalar tensor when learnt)."""
+        if self.learn_curvature:
+            return F.softplus(self.curvature_raw)
+        return self._fixed_c
+
+    # ------------------------------------------------------------------ feature pipeline
+    def to_ball(self, features: torch.Tensor) -> torch.Tensor:
+        """Projection -> clipping to ``r`` -> ``expmap0`` (HypAD Fig. 3, eq. (4)); per location."""
+        projected = self.projection(features)
+        clipped = clip_features(projected, radius=self.clip_radius, dim=1)
+        return embed_to_ball(clipped, self.curvature, self.discrepancy)
+
+    def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Hyperbolic discrepancy of two feature maps (Euclidean outputs of the networks)."""
+        return hyperbolic_discrepancy(self.to_ball(x), self.to_ball(y), self.curvature, self.discrepancy)
+
+    def augment(self, image: torch.Tensor) -> torch.Tensor:
+        """HypAD section 4.2: RandomChoice of ColorJitter(brightness/contrast/saturation=0.2) with prob. p.
+
+        Reuses anomalib's ``choose_random_aug_image`` (factor ~ U(0.8, 1.2) of one randomly chosen
+        jitter, i.e. ``ColorJitter(x=0.2)``). With ``p == 1`` no extra random number is drawn, so
+        the random stream is EfficientAd's.
+        """
+        if self.augmentation_prob >= 1.0:
+            return self.choose_random_aug_image(image)
+        if self.augmentation_prob <= 0.0 or float(torch.rand(1)) >= self.augmentation_prob:
+            return image
+        return self.choose_random_aug_image(image)
+
+    # ------------------------------------------------------------------ EfficientAdModel overrides
+    def forward(
+        self,
+        batch: torch.Tensor,
+        batch_imagenet: torch.Tensor | None = None,
+        normalize: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | InferenceBatch:
+        """Training: ``(loss_st, loss_ae, loss_stae)``; evaluation: anomaly map and score.
+
+        Image score = maximum of the combined map (HypAD section 4.3.2).
+        """
+        return super().forward(batch, batch_imagenet=batch_imagenet, normalize=normalize)
+
+    def compute_student_teacher_distance(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student output and the student-teacher discrepancy (replaces ``(t - s)^2``)."""
+        with torch.no_grad():
+            teacher_output = self._normalize_teacher(self.teacher(batch))
+        student_output = self.student(batch)
+        distance_st = self.distance(teacher_output, student_output[:, : self.teacher_out_channels])
+        return student_output, distance_st
+
+    def compute_losses(
+        self,
+        batch: torch.Tensor,
+        batch_imagenet: torch.Tensor | None,
+        distance_st: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """EfficientAD's three losses with hyperbolic discrepancies (HypAD eq. (6)).
+
+        * ``loss_st``: hard-feature loss (mean of the discrepancies above their 99.9 % quantile)
+          plus, when ImageNet images are given, the penalty ``mean(D(0, student(imagenet)))``
+          (EfficientAD's ``mean(s^2)``: discrepancy to the origin of the ball).
+        * ``loss_ae``: ``mean(D(teacher(aug), ae(aug)))``.
+        * ``loss_stae``: ``mean(D(ae(aug), student_ae(aug)))``.
+        """
+        loss_hard = hard_feature_loss(distance_st, self.hard_quantile)
+        if batch_imagenet is not None:
+            penalty_output = self.to_ball(self.student(batch_imagenet)[:, : self.teacher_out_channels])
+            origin = torch.zeros_like(penalty_output)
+            loss_penalty = torch.mean(hyperbolic_discrepancy(origin, penalty_output, self.curvature, self.discrepancy))
+            loss_st = loss_hard + loss_penalty
+        else:
+            loss_st = loss_hard
+
+        aug_img = self.augment(batch)
+        ae_output_aug = self.ae(aug_img, batch.shape[-2:])
+        with torch.no_grad():
+            teacher_output_aug = self._normalize_teacher(self.teacher(aug_img))
+        student_output_ae_aug = self.student(aug_img)[:, self.teacher_out_channels :]
+
+        loss_ae = torch.mean(self.distance(teacher_output_aug, ae_output_aug))
+        loss_stae = torch.mean(self.distance(ae_output_aug, student_output_ae_aug))
+        return loss_st, loss_ae, loss_stae
+
+    def compute_maps(
+        self,
+        batch: torch.Tensor,
+        student_output: torch.Tensor,
+        distance_st: torch.Tensor,
+        normalize: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local (student-teacher) and global (student-AE) maps: channel means of the discrepancies.
+
+        Padding, upsampling and the quantile normalisation ``0.1 (m - q_a) / (q_b - q_a)`` are
+        EfficientAD's (the normalisation uses anomalib's export-safe tensor selects).
+        """
+        image_size = batch.shape[-2:]
+        with torch.no_grad():
+            ae_output = self.ae(batch, image_size)
+            map_st = torch.mean(distance_st, dim=1, keepdim=True)
+            map_stae = torch.mean(
+                self.distance(ae_output, student_output[:, self.teacher_out_channels :]),
+                dim=1,
+                keepdim=True,
+            )
+        if self.pad_maps:
+            map_st = F.pad(map_st, (4, 4, 4, 4))
+            map_stae = F.pad(map_stae, (4, 4, 4, 4))
+        map_st = F.interpolate(map_st, size=image_size, mode="bilinear")
+        map_stae = F.interpolate(map_stae, size=image_size, mode="bilinear")
+
+        if normalize:
+            is_set = self._is_set_tensor(self.quantiles)
+            q = self.quantiles
+            range_st = torch.where(is_set, q["qb_st"] - q["qa_st"], torch.ones_like(q["qa_st"]))
+            range_ae = torch.where(is_set, q["qb_ae"] - q["qa_ae"], torch.ones_like(q["qa_ae"]))
+            map_st = torch.where(is_set, 0.1 * (map_st - q["qa_st"]) / range_st, map_st)
+            map_stae = torch.where(is_set, 0.1 * (map_stae - q["qa_ae"]) / range_ae, map_stae)
+        return map_st, map_stae
+
+
+def _extract_state_dict(loaded: object, path: str) -> dict[str, torch.Tensor]:
+    """Teacher state dict from a file: a plain state dict, or a distillation checkpoint (``"teacher"``)."""
+    if isinstance(loaded, dict) and "teacher" in loaded and isinstance(loaded["teacher"], dict):
+        loaded = loaded["teacher"]
+    elif isinstance(loaded, dict) and "state_dict" in loaded and isinstance(loaded["state_dict"], dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        msg = f"Teacher weights file {path!r} does not hold a state dict of tensors (got {type(loaded).__name__})."
+        raise ValueError(msg)
+    return loaded
+
+
+def load_teacher_weights(teacher: nn.Module, path: str | os.PathLike[str], model_size: str = "") -> None:
+    """Load a local PDN teacher state dict (``torch.load(..., weights_only=True)``) into ``teacher``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a state dict, or its keys/shapes do not match the PDN
+            (the message names the missing, unexpected and mismatched keys).
+    """
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        msg = f"Teacher weights file `teacher_weights={str(path)!r}` does not exist."
+        raise FileNotFoundError(msg)
+    try:
+        loaded = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:
+        msg = f"Cannot read teacher weights file {str(path)!r} with torch.load(weights_only=True): {error}"
+        raise ValueError(msg) from error
+    state = _extract_state_dict(loaded, str(path))
+    expected = teacher.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(state))
+        if state[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or mismatched:
+        arch = f"PDN-{model_size[:1].upper()} " if model_size else "PDN "
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        if mismatched:
+            parts.append(f"shape mismatches [{'; '.join(mismatched)}]")
+        msg = (
+            f"Teacher weights {str(path)!r} do not match the {arch}teacher architecture "
+            f"(check `model_size` / `teacher_out_channels`): {', '.join(parts)}."
+        )
+        raise ValueError(msg)
+    teacher.load_state_dict(state)

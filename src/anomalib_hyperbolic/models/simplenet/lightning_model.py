@@ -1,0 +1,187 @@
+"""SimpleNet as an anomalib model (``anomalib train --model SimpleNet``).
+
+Paper: Liu, Zhou, Liu, Yang -- "SimpleNet: A Simple Network for Image Anomaly Detection and
+Localization", CVPR 2023. Official code: https://github.com/DonaldRR/SimpleNet.
+
+Example:
+    >>> from anomalib.data import MVTecAD
+    >>> from anomalib.engine import Engine
+    >>> from anomalib_hyperbolic.models import SimpleNet
+    >>> model = SimpleNet()  # paper defaults: wide_resnet50_2 layers 2+3, sigma 0.015, ...
+    >>> Engine(max_epochs=160).fit(model, datamodule=MVTecAD(train_batch_size=4))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+from .loss import TruncatedL1Loss
+from .torch_model import SimpleNetModel
+
+__all__ = ["SimpleNet"]
+
+
+class SimpleNet(AnomalibModule):
+    """SimpleNet: adapted pretrained features, Gaussian-noise pseudo-anomalies, MLP discriminator.
+
+    Every default is the paper's (section 4.3) or, where the paper is silent, the official code's.
+    Training length (160 epochs) and batch size (4) are trainer/datamodule settings: see
+    ``configs/simplenet.yaml``.
+
+    Args:
+        backbone: timm name or local weights file. Default ``wide_resnet50_2``.
+        layers: Backbone levels. Default ``("layer2", "layer3")``.
+        pre_trained: Load ImageNet backbone weights.
+        patch_size: Neighbourhood ``p`` (eq. 1), odd. Default 3.
+        pretrain_embed_dim: Per-level dims after neighbourhood pooling. Default 1536.
+        target_embed_dim: Feature dims ``C`` (eqs. 3-5). Default 1536.
+        adaptor_bias: Bias in the adaptor (eq. 5). Default ``False`` (paper).
+        noise_std: ``sigma`` of the Gaussian noise (eq. 6). Default 0.015.
+        relative_noise: Multiply ``sigma`` by each feature's RMS entry (for backbones whose feature
+            scale differs from WideResNet-50's). Default ``False`` (paper).
+        discriminator_hidden: Hidden width of the discriminator. Default 1024.
+        negative_slope: LeakyReLU slope. Default 0.2.
+        th_pos: ``th^+`` of eq. (7). Default 0.5.
+        th_neg: ``th^-`` of eq. (7), as a positive margin. Default 0.5.
+        adaptor_lr: Adam learning rate of the adaptor. Default 1e-4.
+        discriminator_lr: Adam learning rate of the discriminator. Default 2e-4.
+        weight_decay: Adam weight decay (both). Default 1e-5.
+        blur_sigma: Anomaly-map Gaussian blur. Default 4.
+        image_score: ``"patch_max"`` (eq. 11) or ``"map_max"``.
+        distance: ``"euclidean"`` (paper) or ``"poincare"`` (hyperbolic variant).
+        curvature: Poincaré-ball curvature ``c`` (used with ``"poincare"``). Default 0.01.
+        discriminator_input: With ``"poincare"``: ``"logmap"`` or ``"distance"``.
+        pre_processor: Pre-processor instance or flag to use the default (resize 256, ImageNet norm).
+        post_processor: Post-processor instance or flag to use the default.
+        evaluator: Evaluator instance or flag to use the default.
+        visualizer: Visualizer instance or flag to use the default.
+    """
+
+    def __init__(
+        self,
+        backbone: str | os.PathLike = "wide_resnet50_2",
+        layers: Sequence[str] = ("layer2", "layer3"),
+        pre_trained: bool = True,
+        patch_size: int = 3,
+        pretrain_embed_dim: int = 1536,
+        target_embed_dim: int = 1536,
+        adaptor_bias: bool = False,
+        noise_std: float = 0.015,
+        relative_noise: bool = False,
+        discriminator_hidden: int = 1024,
+        negative_slope: float = 0.2,
+        th_pos: float = 0.5,
+        th_neg: float = 0.5,
+        adaptor_lr: float = 1e-4,
+        discriminator_lr: float = 2e-4,
+        weight_decay: float = 1e-5,
+        blur_sigma: float = 4.0,
+        image_score: str = "patch_max",
+        distance: str = "euclidean",
+        curvature: float = 0.01,
+        discriminator_input: str = "logmap",
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        for name, value in (
+            ("adaptor_lr", adaptor_lr),
+            ("discriminator_lr", discriminator_lr),
+            ("weight_decay", weight_decay),
+        ):
+            if not value >= 0:
+                msg = f"`{name}` must be >= 0, got {value!r}."
+                raise ValueError(msg)
+        self.model = SimpleNetModel(
+            backbone=backbone,
+            layers=list(layers),
+            pre_trained=pre_trained,
+            patch_size=patch_size,
+            pretrain_embed_dim=pretrain_embed_dim,
+            target_embed_dim=target_embed_dim,
+            adaptor_bias=adaptor_bias,
+            noise_std=noise_std,
+            relative_noise=relative_noise,
+            discriminator_hidden=discriminator_hidden,
+            negative_slope=negative_slope,
+            blur_sigma=blur_sigma,
+            image_score=image_score,
+            distance=distance,
+            curvature=curvature,
+            discriminator_input=discriminator_input,
+        )
+        self.loss = TruncatedL1Loss(th_pos=th_pos, th_neg=th_neg)
+        self.adaptor_lr = adaptor_lr
+        self.discriminator_lr = discriminator_lr
+        self.weight_decay = weight_decay
+
+    def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """One step of eqs. (5)-(8): adapt, add noise, discriminate, truncated L1 loss."""
+        del args, kwargs
+        normal_scores, anomalous_scores = self.model(batch.image)
+        loss = self.loss(normal_scores, anomalous_scores)
+        self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, logger=True)
+        return {"loss": loss}
+
+    def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
+        """Anomaly maps and scores (eqs. 9-11) for the validation batch."""
+        del args, kwargs
+        predictions = self.model(batch.image)
+        return batch.update(**predictions._asdict())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam: adaptor at ``adaptor_lr``, discriminator at ``discriminator_lr``, shared weight decay."""
+        return torch.optim.Adam(
+            [
+                {"params": self.model.adaptor.parameters(), "lr": self.adaptor_lr},
+                {"params": self.model.discriminator.parameters(), "lr": self.discriminator_lr},
+            ],
+            weight_decay=self.weight_decay,
+        )
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """No gradient clipping, no sanity validation."""
+        return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: trained on normal images only."""
+        return LearningType.ONE_CLASS
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to ``image_size`` (default 256 x 256) and normalise with ImageNet statistics.
+
+        The paper also centre-crops to 224; anomalib applies the same transform to masks, and we
+        keep the whole image (no crop) as anomalib's other models do.
+        """
+        image_size = image_size or (256, 256)
+        return PreProcessor(
+            transform=Compose(
+                [
+                    Resize(image_size, antialias=True),
+                    Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+                ]
+            ),
+        )

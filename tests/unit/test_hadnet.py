@@ -1,0 +1,250 @@
+"""HADNet: shapes, AFSS/ARD selection, HST geometry, exportability, errors, tiny fit."""
+
+import math
+
+import pytest
+import torch
+from anomalib.data import ImageBatch
+
+from anomalib_hyperbolic.geometry import clip_features, expmap0
+from anomalib_hyperbolic.models import HADNet
+from anomalib_hyperbolic.models.hadnet import HADNetModel
+from anomalib_hyperbolic.models.hadnet.loss import HADNetLoss
+
+TINY = {
+    "backbone": "resnet18",
+    "layers": ("layer1", "layer2"),
+    "pre_trained": False,
+    "num_selected": (8, 8),
+    "num_residuals": 8,
+    "discriminator_widths": (8, 4),
+    "score_pool_size": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def model() -> HADNetModel:
+    torch.manual_seed(0)
+    return HADNetModel(**TINY).eval()
+
+
+def test_shapes(model):
+    images = torch.rand(2, 3, 32, 32)
+    out = model(images)
+    assert out.pred_score.shape == (2,)
+    assert out.anomaly_map.shape == (2, 1, 32, 32)
+    assert ((out.anomaly_map >= 0) & (out.anomaly_map <= 1)).all()
+    model.train()
+    try:
+        train_out = model(images)
+    finally:
+        model.eval()
+    assert train_out["logits"].shape == (2, 1, 32, 32)
+    assert [s.shape[1] for s in train_out["selected"]] == [8, 8]
+    assert [r.shape for r in train_out["reconstructions"]] == [s.shape for s in train_out["selected"]]
+
+
+def test_afss_selects_lowest_loss_maps(model):
+    # set_selection keeps the r lowest losses, sorted
+    losses = [torch.arange(64, 0, -1).float(), torch.rand(128)]
+    model.set_selection(losses)
+    assert model.selected_0.tolist() == list(range(56, 64))
+    assert model.selected_1.tolist() == sorted(torch.topk(losses[1], 8, largest=False).indices.tolist())
+    assert bool(model.initialized)
+    # eq. (8)-(10): the map whose squared difference equals the target has zero loss
+    torch.manual_seed(0)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:5, 3:6] = 1
+    normal = torch.randn(2, 6, 8, 8)
+    anomalous = normal + 0.05 * torch.randn(2, 6, 8, 8)
+    anomalous[:, 3:4] = normal[:, 3:4] + mask
+    (loss,) = model.afss_channel_losses([normal], [anomalous], target="mask", masks=mask)
+    assert loss.shape == (6,)
+    assert loss[3] < 1e-6
+    assert loss.argmin().item() == 3
+
+
+def test_afss_hyperplane_target_matches_distance(model):
+    points = model.hst(model.extract(torch.rand(2, 3, 32, 32)))
+    # a map whose squared difference is the (shifted) hyperplane distance has the lowest loss
+    anomalous = points[0]
+    distance = model.hyperplane_distance(0, anomalous)
+    normal = anomalous + 0.1 * torch.rand_like(anomalous)
+    normal[:, 5:6] = anomalous[:, 5:6] - (distance - distance.min()).sqrt()
+    losses = model.afss_channel_losses([normal, points[1]], [anomalous, points[1]])
+    assert losses[0][5] < 1e-6
+    assert losses[0].argmin().item() == 5
+
+
+def test_random_selection_ablation(model):
+    model.set_selection([torch.zeros(64), torch.zeros(128)], mode="random", seed=1)
+    first = model.selected_0.clone()
+    assert len(set(first.tolist())) == 8
+    model.set_selection([torch.zeros(64), torch.zeros(128)], mode="random", seed=1)
+    assert torch.equal(first, model.selected_0)
+
+
+def test_ard_topk_gmp_and_gap():
+    model = HADNetModel(**{**TINY, "num_residuals": 2}).eval()
+    gamma = torch.zeros(1, 16, 4, 4)
+    gamma[0, 2, 1, 1] = 10.0  # spike: largest max, small mean
+    gamma[0, 5] = 2.0  # plateau: largest mean
+    gamma[0, 7, 0, 0] = 4.0  # second largest max
+    selected = model.ard(gamma)
+    assert selected.shape == (1, 2, 4, 4)
+    assert torch.equal(selected[0, 0], gamma[0, 2])
+    assert torch.equal(selected[0, 1], gamma[0, 5])
+    everything = HADNetModel(**{**TINY, "residual_selection": "all"}).eval()
+    assert everything.ard(gamma).shape == gamma.shape
+    assert everything.discriminator.body[0].in_channels == 16
+
+
+def test_hyperbolic_vs_euclidean(model):
+    features = model.extract(torch.rand(2, 3, 32, 32))
+    flat = HADNetModel(**{**TINY, "rho": 0.0}).eval()
+    curved = HADNetModel(**{**TINY, "rho": 0.5}).eval()
+    flat_points = flat.hst(features)
+    curved_points = curved.hst(features)
+    tangent = (features[0] - flat.feature_mean_0) / flat.feature_std_0 / math.sqrt(features[0].shape[1])
+    assert torch.allclose(flat_points[0], clip_features(tangent, 2.3, dim=1))
+    assert torch.allclose(curved_points[0], expmap0(clip_features(tangent, 2.3, dim=1), 0.5, dim=1))
+    # expmap0 compresses norms: inside the ball of radius 1/sqrt(rho), never longer than Euclidean
+    curved_norm = curved_points[0].norm(dim=1)
+    assert (curved_norm < 1 / math.sqrt(0.5)).all()
+    assert (curved_norm <= flat_points[0].norm(dim=1) + 1e-6).all()
+    assert not torch.allclose(curved_points[0], flat_points[0])
+    tiny = HADNetModel(**{**TINY, "rho": 1e-8}).eval()
+    assert torch.allclose(tiny.hst(features)[0], flat_points[0], atol=1e-5)
+
+
+def test_selection_is_buffer_and_export(model, tmp_path):
+    model.set_selection([torch.arange(64).float(), torch.arange(128).float()])
+    state = model.state_dict()
+    assert "selected_0" in state
+    assert "feature_mean_1" in state
+    images = torch.rand(1, 3, 32, 32)
+    expected = model(images)
+    exported = torch.export.export(model, (images,), strict=False)
+    got = exported.module()(images)
+    assert torch.allclose(got[0], expected.pred_score, atol=1e-5)
+    assert torch.allclose(got[2], expected.anomaly_map, atol=1e-5)
+    graph_ops = {str(node.target) for node in exported.graph.nodes}
+    assert any("index_select" in op for op in graph_ops)
+    assert any("topk" in op for op in graph_ops)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_selected": (65, 8)}, r"num_selected.*layer1.*64 channels"),
+        ({"num_selected": (8,)}, "one value per layer"),
+        ({"num_selected": 0}, "num_selected"),
+        ({"num_residuals": 7}, "even"),
+        ({"num_residuals": 18}, "exceeds the 16"),
+        ({"rho": -0.1}, "rho"),
+        ({"rho": float("nan")}, "rho"),
+        ({"residual_selection": "some"}, "residual_selection"),
+        ({"layers": ("layer9",)}, "valid layers"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HADNetModel(**{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"selection": "best"}, "selection"),
+        ({"training_mode": "semi"}, "training_mode"),
+        ({"afss_target": "x"}, "afss_target"),
+        ({"color_jitter_p": 2.0}, "color_jitter_p"),
+        ({"rho": -1.0}, "rho"),
+    ],
+)
+def test_bad_lightning_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HADNet(**{**TINY, **kwargs})
+
+
+def _square_batch(n: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    normal = 0.5 + 0.05 * torch.randn(n, 3, size, size, generator=generator)
+    mask = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        y, x = 4 + 5 * i % 16, 6 + 3 * i % 16
+        mask[i, :, y : y + 8, x : x + 8] = 1
+    anomalous = torch.where(mask.bool(), torch.rand(n, 3, size, size, generator=generator), normal)
+    return normal.clamp(0, 1), anomalous.clamp(0, 1), mask
+
+
+def test_tiny_fit_lowers_loss():
+    torch.manual_seed(0)
+    model = HADNetModel(**TINY).train()
+    loss_fn = HADNetLoss()
+    normal, anomalous, mask = _square_batch()
+    params = list(model.reconstructors.parameters()) + list(model.discriminator.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    losses = []
+    for _ in range(15):
+        selected, _ = model.forward_features(anomalous)
+        out = model.head(selected, anomalous.shape[-2:])
+        with torch.no_grad():
+            targets, _ = model.forward_features(normal)
+        loss = loss_fn(out["logits"], mask, out["reconstructions"], targets)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def _batches(supervised: bool) -> list[ImageBatch]:
+    normal, anomalous, mask = _square_batch()
+    if supervised:
+        return [ImageBatch(image=anomalous, gt_mask=mask[:, 0].bool(), gt_label=torch.ones(4, dtype=torch.long))]
+    return [ImageBatch(image=normal)]
+
+
+@pytest.mark.parametrize("mode", ["unsupervised", "supervised"])
+def test_lightning_initialisation_and_step(mode):
+    torch.manual_seed(0)
+    module = HADNet(**TINY, training_mode=mode, init_batches=2, hst_steps=2)
+    before = module.model.selected_0.clone()
+    module.initialize(_batches(mode == "supervised"))
+    assert bool(module.model.initialized)
+    assert not torch.equal(before, module.model.selected_0) or module.model.selected_0.numel() == 8
+    assert module.model.feature_std_0.min() > 0
+    module.model.train()
+    out = module.training_step(_batches(mode == "supervised")[0], 0)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+
+
+def test_supervised_needs_masks():
+    module = HADNet(**TINY, training_mode="supervised")
+    with pytest.raises(ValueError, match="gt_mask"):
+        module.training_step(ImageBatch(image=torch.rand(2, 3, 32, 32)), 0)
+
+
+def test_supervised_mode_on_magnetic_tile_ratio_split(tmp_path):
+    """Supervised masks end to end: MagneticTile's 8:1:1 split puts masked defects in train."""
+    from anomalib.engine import Engine
+
+    from anomalib_hyperbolic.data import MagneticTile
+    from anomalib_hyperbolic.testing import make_magnetic_tile_like
+
+    root = make_magnetic_tile_like(tmp_path / "mt", n_normal=4, n_per_defect=3)
+    datamodule = MagneticTile(root=root, split_mode="ratio", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    model = HADNet(
+        **TINY,
+        training_mode="supervised",
+        init_batches=1,
+        hst_steps=1,
+        pre_processor=HADNet.configure_pre_processor((32, 32)),
+    )
+    engine = Engine(max_epochs=1, default_root_dir=tmp_path / "run", logger=False, enable_progress_bar=False)
+    engine.fit(model, datamodule=datamodule)
+    assert bool(model.model.initialized)
+    metrics = engine.test(model, datamodule=datamodule, verbose=False)[0]
+    assert 0 <= metrics["pixel_MIoU"] <= 1

@@ -1,0 +1,253 @@
+"""HypAD: c = 0 is anomalib's EfficientAd, stability near c -> 0, learnable c, teacher loading, bad input, export."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
+
+from anomalib_hyperbolic.models import HypAD
+from anomalib_hyperbolic.models.hypad.distill import build_pdn
+from anomalib_hyperbolic.models.hypad.loss import hyperbolic_discrepancy
+from anomalib_hyperbolic.models.hypad.torch_model import HypADModel
+
+SIZE = 256  # EfficientAD's autoencoder needs >= 256 px
+CH = 384
+
+
+def _pair(**hypad_kwargs: object) -> tuple[EfficientAdModel, HypADModel]:
+    torch.manual_seed(0)
+    reference = EfficientAdModel(teacher_out_channels=CH)
+    reference.mean_std.update({"mean": torch.randn(1, CH, 1, 1), "std": torch.rand(1, CH, 1, 1) + 0.5})
+    model = HypADModel(teacher_out_channels=CH, **hypad_kwargs)
+    missing, unexpected = model.load_state_dict(reference.state_dict(), strict=False)
+    assert not unexpected
+    assert set(missing) <= {"curvature_raw"}
+    return reference, model
+
+
+EUCLIDEAN = {"c": 0.0, "clip_radius": math.inf, "projection": "identity", "augmentation_prob": 1.0}
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(1, 3, SIZE, SIZE, generator=generator), torch.rand(1, 3, SIZE, SIZE, generator=generator)
+
+
+def test_c0_equals_efficientad_losses_gradients_and_maps(images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Same seed, weights and data: identical losses, one identical Adam step, identical maps."""
+    batch, imagenet = images
+    reference, model = _pair(**EUCLIDEAN)
+    optimizers = [
+        torch.optim.Adam(list(m.student.parameters()) + list(m.ae.parameters()), lr=1e-4) for m in (reference, model)
+    ]
+    for step in range(1):
+        losses = []
+        for network, optimizer in zip((reference, model), optimizers, strict=True):
+            network.train()
+            torch.manual_seed(10 + step)
+            loss_st, loss_ae, loss_stae = network(batch, imagenet)
+            optimizer.zero_grad()
+            (loss_st + loss_ae + loss_stae).backward()
+            optimizer.step()
+            losses.append(torch.stack([loss_st, loss_ae, loss_stae]).detach())
+        torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=0)
+    for a, b in zip(reference.state_dict().values(), model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    quantiles = {
+        "qa_st": torch.tensor(0.1),
+        "qb_st": torch.tensor(0.9),
+        "qa_ae": torch.tensor(0.2),
+        "qb_ae": torch.tensor(1.1),
+    }
+    for network in (reference, model):
+        network.eval()
+        network.quantiles.update(quantiles)
+    with torch.no_grad():
+        expected, actual = reference(batch), model(batch)
+        raw_expected, raw_actual = reference.get_maps(batch), model.get_maps(batch)
+    torch.testing.assert_close(actual.anomaly_map, expected.anomaly_map, rtol=0, atol=0)
+    torch.testing.assert_close(actual.pred_score, expected.pred_score, rtol=0, atol=0)
+    for a, b in zip(raw_expected, raw_actual, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["tangent", "location", "channel"])
+def test_discrepancy_modes_reduce_to_squared_difference_at_c0(mode: str) -> None:
+    x, y = torch.randn(2, 6, 3, 3), torch.randn(2, 6, 3, 3)
+    squared = (x - y) ** 2
+    expected = squared.mean(dim=1, keepdim=True) if mode == "location" else squared
+    torch.testing.assert_close(hyperbolic_discrepancy(x, y, 0.0, mode), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_tangent_discrepancy_sums_to_half_geodesic_squared() -> None:
+    from anomalib_hyperbolic.geometry import expmap0, poincare_distance
+
+    x = expmap0(torch.randn(2, 8, 2, 2, dtype=torch.float64), 0.3, dim=1)
+    y = expmap0(torch.randn(2, 8, 2, 2, dtype=torch.float64), 0.3, dim=1)
+    half = poincare_distance(x, y, 0.3, dim=1, keepdim=True) / 2
+    torch.testing.assert_close(hyperbolic_discrepancy(x, y, 0.3).sum(1, keepdim=True), half**2)
+    torch.testing.assert_close(hyperbolic_discrepancy(x, y, 0.3, "location") * 8, half**2)
+
+
+def test_location_mode_matches_efficientad_maps_at_c0(images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    batch, _ = images
+    reference, model = _pair(**{**EUCLIDEAN, "discrepancy": "location"})
+    reference.eval()
+    model.eval()
+    with torch.no_grad():
+        for a, b in zip(reference.get_maps(batch), model.get_maps(batch), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("c", [1e-9, 1e-6, 1e-3])
+def test_losses_finite_and_continuous_near_c0(c: float) -> None:
+    """Feature-level losses (hard, penalty, AE-style mean) at small c: finite, finite gradients, close to c = 0."""
+    from anomalib_hyperbolic.models.hypad.loss import hard_feature_loss
+
+    generator = torch.Generator().manual_seed(0)
+    teacher = torch.randn(1, CH, 56, 56, generator=generator)
+    student0 = (teacher + 0.3 * torch.randn(1, CH, 56, 56, generator=generator)).requires_grad_()
+    values = []
+    for curvature in (0.0, c, torch.tensor(c, requires_grad=True)):
+        model = HypADModel(c=0.0 if isinstance(curvature, torch.Tensor) else curvature)
+        if isinstance(curvature, torch.Tensor):
+            model._fixed_c = curvature
+        student0.grad = None
+        distance = model.distance(teacher, student0)
+        origin = torch.zeros_like(model.to_ball(student0))
+        penalty = hyperbolic_discrepancy(origin, model.to_ball(student0), model.curvature).mean()
+        losses = torch.stack([hard_feature_loss(distance), penalty, distance.mean()])
+        losses.sum().backward()
+        assert torch.isfinite(losses).all()
+        assert torch.isfinite(student0.grad).all()
+        if isinstance(curvature, torch.Tensor):
+            assert torch.isfinite(curvature.grad)
+        values.append(losses.detach())
+    torch.testing.assert_close(values[1], values[0], rtol=100 * c + 1e-5, atol=1e-6)
+    torch.testing.assert_close(values[2], values[1], rtol=1e-5, atol=1e-7)
+
+
+def test_learnable_curvature_stays_positive_and_trains(images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    batch, imagenet = images
+    _, model = _pair(c=0.05, learn_curvature=True)
+    assert float(model.curvature) == pytest.approx(0.05, rel=1e-5)
+    optimizer = torch.optim.Adam([model.curvature_raw, *model.student.parameters()], lr=0.5)
+    model.train()
+    for _ in range(1):
+        loss = torch.stack(model(batch, imagenet)).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert torch.isfinite(model.curvature_raw.grad)
+        optimizer.step()
+        assert float(model.curvature) > 0
+
+
+def test_teacher_loading_and_key_mismatch(tmp_path: Path) -> None:
+    teacher = build_pdn("small")
+    file = tmp_path / "teacher_small.pth"
+    torch.save(teacher.state_dict(), file)
+    model = HypAD(teacher_weights=file, imagenet_dir=None)
+    for key, value in teacher.state_dict().items():
+        torch.testing.assert_close(model.model.teacher.state_dict()[key], value)
+    # a distillation checkpoint ({"teacher": ...}) is accepted too
+    checkpoint = tmp_path / "distill.ckpt"
+    torch.save({"teacher": teacher.state_dict(), "step": 3}, checkpoint)
+    HypAD(teacher_weights=checkpoint, imagenet_dir=None)
+
+    with pytest.raises(ValueError, match=r"PDN-M.*missing keys \['conv5.bias', 'conv5.weight', 'conv6.bias'"):
+        HypAD(model_size="medium", teacher_weights=file, imagenet_dir=None)
+    with pytest.raises(ValueError, match=r"shape mismatches \[conv4.bias: file \(384,\) vs model \(64,\)"):
+        HypAD(teacher_out_channels=64, projection="identity", teacher_weights=file, imagenet_dir=None)
+    with pytest.raises(FileNotFoundError, match="teacher_weights"):
+        HypAD(teacher_weights=tmp_path / "missing.pth", imagenet_dir=None)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="Cannot read teacher weights"):
+        HypAD(teacher_weights=junk, imagenet_dir=None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"c": -0.1}, "Curvature `c`"),
+        ({"c": float("nan")}, "Curvature `c`"),
+        ({"model_size": "large"}, "Unknown PDN size `model_size='large'`"),
+        ({"c": 0.0, "learn_curvature": True}, "learn_curvature"),
+        ({"projection": "maxpool"}, "projection"),
+        ({"projection_kernel": 5}, "projection_kernel"),
+        ({"discrepancy": "l2"}, "discrepancy"),
+        ({"clip_radius": 0.0}, "clip_radius"),
+        ({"augmentation_prob": 1.5}, "augmentation_prob"),
+    ],
+)
+def test_bad_input(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        HypAD(imagenet_dir=None, pretrained_teacher=False, **kwargs)
+
+
+def test_model_sizes_and_registration() -> None:
+    from anomalib.models import get_model
+
+    assert isinstance(get_model("HypAD", imagenet_dir=None), HypAD)
+    medium = HypAD(model_size="m", imagenet_dir=None)
+    assert medium.model.teacher.conv6.out_channels == CH
+    assert medium.model.student.conv6.out_channels == 2 * CH
+
+
+def test_clipping_with_c0_is_valid_and_direction_only(images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    batch, _ = images
+    _, model = _pair(c=0.0, clip_radius=2.3, projection="identity")
+    model.eval()
+    with torch.no_grad():
+        student = model.student(batch)[:, :CH]
+        embedded = model.to_ball(student)
+    norms = embedded.norm(dim=1)
+    assert torch.all(norms <= 2.3 + 1e-4)
+    with torch.no_grad():
+        out = model(batch)
+    assert torch.isfinite(out.anomaly_map).all()
+
+
+def test_augmentation_probability() -> None:
+    _, model = _pair(augmentation_prob=0.0)
+    image = torch.rand(1, 3, 8, 8)
+    assert torch.equal(model.augment(image), image)
+
+
+class _Outputs(torch.nn.Module):
+    """(score, map) tuple for exporters that do not take anomalib's InferenceBatch."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(x)
+        return out.pred_score, out.anomaly_map
+
+
+def test_export_openvino_matches_torch(images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Default HypAD (c=0.01, r=2.3, pooling) exports to OpenVINO and matches torch."""
+    import openvino as ov
+
+    batch, _ = images
+    _, model = _pair()
+    quantiles = {"qa_st": 0.01, "qb_st": 0.2, "qa_ae": 0.02, "qb_ae": 0.3}
+    model.quantiles.update({k: torch.tensor(v) for k, v in quantiles.items()})
+    model.eval()
+    wrapped = _Outputs(model).eval()
+    with torch.no_grad():
+        score, anomaly_map = wrapped(batch)
+    converted = ov.convert_model(wrapped, example_input=batch)
+    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled(batch.numpy())
+    ov_score, ov_map = (torch.from_numpy(result[output]) for output in compiled.outputs)
+    torch.testing.assert_close(ov_score.reshape(score.shape), score, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(ov_map.reshape(anomaly_map.shape), anomaly_map, rtol=1e-3, atol=1e-4)

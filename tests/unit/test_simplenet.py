@@ -1,0 +1,322 @@
+"""Unit tests of SimpleNet (tiny, CPU, offline: random-init resnet18)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anomalib_hyperbolic.models import SimpleNet
+from anomalib_hyperbolic.models.simplenet import SimpleNetModel, TruncatedL1Loss
+from anomalib_hyperbolic.models.simplenet.torch_model import AdaptiveAvgPoolChannels, SimpleNetFeatureExtractor
+
+TINY = {
+    "backbone": "resnet18",
+    "layers": ["layer2", "layer3"],
+    "pre_trained": False,
+    "pretrain_embed_dim": 32,
+    "target_embed_dim": 32,
+    "discriminator_hidden": 16,
+}
+
+
+def tiny_model(**overrides) -> SimpleNetModel:
+    torch.manual_seed(0)
+    return SimpleNetModel(**{**TINY, **overrides})
+
+
+# ------------------------------------------------------------------------------------------ shapes
+@pytest.mark.parametrize(
+    ("distance", "discriminator_input"), [("euclidean", "logmap"), ("poincare", "logmap"), ("poincare", "distance")]
+)
+def test_shapes_train_and_eval(distance, discriminator_input):
+    model = tiny_model(distance=distance, discriminator_input=discriminator_input)
+    images = torch.randn(2, 3, 64, 64)
+    model.train()
+    normal, anomalous = model(images)
+    assert normal.shape == anomalous.shape == (2, 8, 8)  # layer2 grid of resnet18 at 64 px
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert out.pred_score.shape == (2,)
+    assert out.anomaly_map.shape == (2, 1, 64, 64)
+    assert torch.isfinite(out.anomaly_map).all()
+
+
+def test_feature_extractor_matches_unfold_pool_resize_reference():
+    """Eqs. (1)-(4) equal the official order: unfold p x p, resize, adaptive pool per level, pool the stack."""
+    torch.manual_seed(0)
+    extractor = SimpleNetFeatureExtractor("resnet18", ["layer2", "layer3"], False, 3, 48, 40)
+    images = torch.randn(1, 3, 64, 64)
+    ours = extractor(images)
+    with torch.no_grad():
+        levels = extractor.feature_extractor(images)
+    size = levels["layer2"].shape[-2:]
+    pooled = []
+    for name in ("layer2", "layer3"):
+        level = levels[name]
+        unfolded = F.unfold(level, kernel_size=3, padding=1)  # (B, C*9, H*W)
+        unfolded = unfolded.reshape(1, -1, *level.shape[-2:])
+        unfolded = F.interpolate(unfolded, size=size, mode="bilinear", align_corners=False)
+        per_location = unfolded.flatten(2).transpose(1, 2).reshape(-1, 1, unfolded.shape[1])
+        pooled.append(F.adaptive_avg_pool1d(per_location, 48).squeeze(1))
+    stacked = torch.stack(pooled, dim=1).reshape(-1, 1, 96)
+    reference = F.adaptive_avg_pool1d(stacked, 40).reshape(1, *size, 40).permute(0, 3, 1, 2)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("c_in", "c_out"), [(360, 1536), (4608, 1536), (100, 7), (6, 6)])
+def test_adaptive_pool_channels_equals_torch(c_in, c_out):
+    x = torch.randn(2, c_in, 3, 4)
+    reference = F.adaptive_avg_pool1d(x.permute(0, 2, 3, 1).reshape(-1, 1, c_in), c_out)
+    reference = reference.reshape(2, 3, 4, c_out).permute(0, 3, 1, 2)
+    torch.testing.assert_close(AdaptiveAvgPoolChannels(c_in, c_out)(x), reference)
+
+
+def test_adaptor_and_discriminator_structure():
+    model = tiny_model()
+    assert model.adaptor.bias is None
+    assert model.adaptor.in_features == model.adaptor.out_features == 32
+    layers = [type(m).__name__ for m in model.discriminator.modules()]
+    assert layers[1:] == ["Linear", "Sequential", "BatchNorm1d", "LeakyReLU", "Linear"]
+    assert model.discriminator.body[1].negative_slope == 0.2
+
+
+# -------------------------------------------------------------------------------------------- loss
+def test_truncated_l1_values_by_hand():
+    loss = TruncatedL1Loss()
+    normal = torch.tensor([1.0, 0.5, 0.0, -1.0])  # max(0, 0.5 - D): 0, 0, 0.5, 1.5 -> mean 0.5
+    anomalous = torch.tensor([-1.0, -0.5, 0.0, 1.0])  # max(0, D + 0.5): 0, 0, 0.5, 1.5 -> mean 0.5
+    assert loss(normal, anomalous).item() == pytest.approx(1.0)
+    # Beyond the margins the loss is exactly zero (truncation), and gradients vanish.
+    normal = torch.tensor([0.7, 2.0], requires_grad=True)
+    anomalous = torch.tensor([-0.6, -3.0], requires_grad=True)
+    value = loss(normal, anomalous)
+    value.backward()
+    assert value.item() == 0.0
+    assert normal.grad.abs().sum() == 0
+    assert anomalous.grad.abs().sum() == 0
+    # Custom margins.
+    assert TruncatedL1Loss(th_pos=1.0, th_neg=0.0)(torch.tensor([0.0]), torch.tensor([0.25])).item() == pytest.approx(
+        1.25
+    )
+
+
+def test_truncated_l1_gradient_signs():
+    loss = TruncatedL1Loss()
+    normal = torch.zeros(3, requires_grad=True)
+    anomalous = torch.zeros(3, requires_grad=True)
+    loss(normal, anomalous).backward()
+    assert (normal.grad < 0).all()  # push normal scores up
+    assert (anomalous.grad > 0).all()  # push anomalous scores down
+
+
+# ------------------------------------------------------------------------------------------- noise
+@pytest.mark.parametrize("distance", ["euclidean", "poincare"])
+def test_noise_only_in_training(distance):
+    model = tiny_model(distance=distance)
+    images = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        first, second = model(images), model(images)
+    torch.testing.assert_close(first.anomaly_map, second.anomaly_map, rtol=0, atol=0)
+    model.train()
+    torch.manual_seed(1)
+    normal, anomalous = model(images)
+    assert not torch.allclose(normal, anomalous)
+
+
+def test_euclidean_noise_statistics():
+    model = tiny_model(noise_std=0.05)
+    points = torch.zeros(200, 32)
+    noise = model.generate_anomalous(points) - points
+    assert noise.std().item() == pytest.approx(0.05, rel=0.1)
+    assert noise.mean().abs().item() < 0.01
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "poincare"])
+def test_relative_noise_follows_feature_scale(distance):
+    """sigma is relative to each feature's RMS entry: Euclidean std, or geodesic step 2 ||eps|| on the ball."""
+    from anomalib_hyperbolic.geometry import poincare_distance
+
+    model = tiny_model(noise_std=0.1, relative_noise=True, distance=distance, curvature=1e-4)
+    for scale in (1.0, 10.0):
+        adapted = torch.randn(400, 32) * scale
+        points = model.to_manifold(adapted)
+        torch.manual_seed(0)
+        anomalous = model.generate_anomalous(points)
+        if distance == "euclidean":
+            assert (anomalous - points).std().item() == pytest.approx(0.1 * scale, rel=0.15)
+        else:
+            step = poincare_distance(points, anomalous, 1e-4) / 2  # = ||eps||, eps ~ N(0, (0.1 rms)^2 I)
+            rms = adapted.pow(2).mean(-1).sqrt()
+            assert (step / (0.1 * rms)).pow(2).mean().item() == pytest.approx(32, rel=0.15)
+
+
+def test_poincare_noise_is_wrapped_normal():
+    """Anomalous points stay on the ball at geodesic distance 2 ||eps|| whatever the position."""
+    from anomalib_hyperbolic.geometry import expmap0, poincare_distance
+
+    model = tiny_model(distance="poincare", curvature=0.5, noise_std=0.01)
+    torch.manual_seed(0)
+    for scale in (0.0, 1.0, 3.0):
+        points = expmap0(torch.randn(64, 32) * scale / 32**0.5, 0.5)
+        torch.manual_seed(1)
+        anomalous = model.generate_anomalous(points)
+        torch.manual_seed(1)
+        eps = torch.randn_like(points) * 0.01
+        assert (0.5 * anomalous.pow(2).sum(-1) < 1).all()
+        torch.testing.assert_close(
+            poincare_distance(points, anomalous, 0.5), 2 * eps.norm(dim=-1), rtol=2e-3, atol=1e-5
+        )
+
+
+def test_poincare_discriminator_sees_log_mapped_normals():
+    """With logmap input, normal features reach the discriminator unchanged (log_0 exp_0 = id)."""
+    model = tiny_model(distance="poincare", curvature=0.01)
+    adapted = torch.randn(5, 32) * 0.3
+    points = model.to_manifold(adapted)
+    from anomalib_hyperbolic.geometry import logmap0
+
+    torch.testing.assert_close(logmap0(points, 0.01), adapted, atol=1e-5, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ errors
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"noise_std": 0.0}, "noise_std"),
+        ({"noise_std": -0.1}, "noise_std"),
+        ({"patch_size": 2}, "patch_size"),
+        ({"patch_size": 0}, "patch_size"),
+        ({"curvature": -0.1, "distance": "poincare"}, "curvature"),
+        ({"curvature": -0.1}, "curvature"),
+        ({"curvature": 0.0, "distance": "poincare"}, "curvature"),
+        ({"distance": "hyperbolic"}, "distance"),
+        ({"discriminator_input": "x"}, "discriminator_input"),
+        ({"image_score": "mean"}, "image_score"),
+        ({"target_embed_dim": 0}, "target_embed_dim"),
+        ({"blur_sigma": 0}, "blur_sigma"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SimpleNetModel(**{**TINY, **kwargs})
+
+
+def test_unknown_layer_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"layer9.*valid layers.*layer2"):
+        SimpleNetModel(**{**TINY, "layers": ["layer2", "layer9"]})
+
+
+def test_bad_loss_and_optimiser_arguments():
+    with pytest.raises(ValueError, match="th_pos"):
+        TruncatedL1Loss(th_pos=-1)
+    with pytest.raises(ValueError, match="adaptor_lr"):
+        SimpleNet(**TINY, adaptor_lr=-1.0)
+
+
+def test_lightning_defaults_are_paper_values():
+    model = SimpleNet(**TINY)
+    assert model.loss.th_pos == model.loss.th_neg == 0.5
+    assert model.model.noise_std == 0.015
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam)
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-4, 2e-4]
+    assert all(group["weight_decay"] == 1e-5 for group in optimizer.param_groups)
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(SimpleNet).parameters.items()}
+    assert defaults["backbone"] == "wide_resnet50_2"
+    assert tuple(defaults["layers"]) == ("layer2", "layer3")
+    assert defaults["patch_size"] == 3
+    assert defaults["target_embed_dim"] == 1536
+    assert defaults["curvature"] == 0.01
+
+
+def test_registered_with_anomalib():
+    from anomalib.models import get_model
+
+    assert isinstance(get_model("SimpleNet", **TINY), SimpleNet)
+
+
+# ------------------------------------------------------------------------------------------ export
+class _Outputs(torch.nn.Module):
+    """Expose ``(pred_score, anomaly_map)`` as a plain tuple for the exporters."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out.pred_score, out.anomaly_map
+
+
+def _run_openvino(model_or_path, images):
+    import openvino as ov
+
+    converted = (
+        ov.convert_model(model_or_path, example_input=images)
+        if isinstance(model_or_path, torch.nn.Module)
+        else ov.convert_model(model_or_path)
+    )
+    # This CPU has bf16 units: OpenVINO would otherwise run in bf16 by default.
+    compiled = ov.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled(images.numpy())
+    return result[0], result[1]
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "poincare"])
+def test_onnx_export_matches_torch(tmp_path, distance):
+    """Dynamo ONNX export; the ONNX file is run with OpenVINO (no onnxruntime in the environment)."""
+    pytest.importorskip("openvino")
+    model = tiny_model(distance=distance).eval()
+    images = torch.randn(1, 3, 64, 64)
+    path = tmp_path / "simplenet.onnx"
+    torch.onnx.export(_Outputs(model), (images,), str(path), input_names=["image"], dynamo=True)
+    score, amap = _run_openvino(str(path), images)
+    with torch.no_grad():
+        ref = model(images)
+    np.testing.assert_allclose(score, ref.pred_score.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(amap, ref.anomaly_map.numpy(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("distance", "discriminator_input"), [("euclidean", "logmap"), ("poincare", "logmap"), ("poincare", "distance")]
+)
+def test_openvino_export_matches_torch(distance, discriminator_input):
+    pytest.importorskip("openvino")
+    model = tiny_model(distance=distance, discriminator_input=discriminator_input).eval()
+    images = torch.randn(1, 3, 64, 64)
+    score, amap = _run_openvino(_Outputs(model), images)
+    with torch.no_grad():
+        ref = model(images)
+    np.testing.assert_allclose(score, ref.pred_score.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(amap, ref.anomaly_map.numpy(), atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------- fit
+@pytest.mark.parametrize("distance", ["euclidean", "poincare"])
+def test_tiny_fit_lowers_loss(distance):
+    """A few Adam steps on synthetic normal textures lower the truncated L1 loss."""
+    from anomalib_hyperbolic.testing.synthetic import textured_image
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = torch.tensor(np.stack([textured_image(rng, 64) for _ in range(4)]), dtype=torch.float32)
+    images = images.permute(0, 3, 1, 2)
+    # Larger learning rates than the paper's so that 30 steps suffice on this tiny problem.
+    module = SimpleNet(**TINY, distance=distance, noise_std=0.1, adaptor_lr=1e-2, discriminator_lr=2e-2)
+    optimizer = module.configure_optimizers()
+    module.model.train()
+    losses = []
+    for _ in range(30):
+        normal, anomalous = module.model(images)
+        loss = module.loss(normal, anomalous)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.2 * np.mean(losses[:5])
