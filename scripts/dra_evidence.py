@@ -143,7 +143,7 @@ def run_patchcore(dataset: str, root: str, args: argparse.Namespace, seed: int, 
     datamodule = _normal_only(dataset, root, args, seed, cls)
     model = Patchcore(
         backbone="tf_efficientnet_lite0",
-        layers=["blocks.2", "blocks.4"],
+        layers=args.patchcore_layers,
         pre_trained=True,
         coreset_sampling_ratio=args.coreset_ratio,
         pre_processor=Patchcore.configure_pre_processor((args.image_size, args.image_size)),
@@ -206,6 +206,8 @@ def main() -> None:
     parser.add_argument("--layer", default=None)
     parser.add_argument("--no-patchcore", action="store_true")
     parser.add_argument("--coreset-ratio", type=float, default=0.01, help="PatchCore coreset sampling ratio")
+    parser.add_argument("--patchcore-layers", nargs="+", default=["blocks.2", "blocks.4"])
+    parser.add_argument("--patchcore-only", action="store_true", help="skip the DRA runs")
     parser.add_argument("--out", default="results/dra_evidence/runs.jsonl")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -230,7 +232,7 @@ def main() -> None:
     }
     records = []
     for seed in args.seeds:
-        for shots, cls in plan:
+        for shots, cls in plan if not args.patchcore_only else []:
             record = {"dataset": args.dataset, "protocol": "hard" if cls else "general", "class": cls, "K": shots}
             record |= {"seed": seed, **budget, **run_dra(args.dataset, root, args, shots, seed, cls)}
             records.append(record)
