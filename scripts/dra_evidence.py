@@ -11,7 +11,8 @@ Example (the budget of docs/models/dra.md)::
     python scripts/dra_evidence.py elpv --shots 1 10 --seeds 0 1 2 --epochs 10 --iterations 10 \\
         --batch-size 16 --image-size 160 --out results/dra_evidence/elpv.jsonl
 
-Results are appended as JSON lines (one per run) and summarised at the end.
+Results are appended as JSON lines (one per run) and summarised at the end;
+``python scripts/dra_evidence.py summarize FILE.jsonl...`` prints the Markdown table of several files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -81,12 +83,19 @@ def _engine(max_epochs: int, workdir: str) -> object:
 
     return Engine(
         max_epochs=max_epochs,
+        limit_val_batches=0,  # no validation: raw scores (no thresholds/normalisation) suffice for AUROC
         accelerator="cpu",
         devices=1,
         default_root_dir=workdir,
         logger=False,
         enable_progress_bar=False,
     )
+
+
+def _raw_scores() -> object:
+    from anomalib.post_processing import PostProcessor
+
+    return PostProcessor(enable_normalization=False, enable_thresholding=False)
 
 
 def _evaluator() -> object:
@@ -106,6 +115,7 @@ def run_dra(dataset: str, root: str, args: argparse.Namespace, shots: int, seed:
         backbone=args.backbone,
         layer=args.layer,
         pre_processor=DRA.configure_pre_processor((args.image_size, args.image_size)),
+        post_processor=_raw_scores(),
         evaluator=_evaluator(),
         visualizer=False,
     )
@@ -133,10 +143,11 @@ def run_patchcore(dataset: str, root: str, args: argparse.Namespace, seed: int, 
     datamodule = _normal_only(dataset, root, args, seed, cls)
     model = Patchcore(
         backbone="tf_efficientnet_lite0",
-        layers=["blocks.2", "blocks.4"],
+        layers=args.patchcore_layers,
         pre_trained=True,
-        coreset_sampling_ratio=0.1,
+        coreset_sampling_ratio=args.coreset_ratio,
         pre_processor=Patchcore.configure_pre_processor((args.image_size, args.image_size)),
+        post_processor=_raw_scores(),
         evaluator=_evaluator(),
         visualizer=False,
     )
@@ -155,7 +166,32 @@ def run_patchcore(dataset: str, root: str, args: argparse.Namespace, seed: int, 
     }
 
 
+def summarize(paths: list[str]) -> None:
+    """Markdown table (mean ± std of AUROC over seeds) of the JSON lines in ``paths``."""
+    records = [json.loads(line) for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        key = (record["dataset"], record["protocol"], record["class"] or "all", record["model"], record["K"])
+        groups.setdefault(key, []).append(record)
+    print("| dataset | protocol | class | model | K | seeds | AUROC mean ± std | test normal/anomalous | s/run |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (dataset, protocol, cls, model, shots), runs in sorted(groups.items(), key=str):
+        values = [run["auroc"] for run in runs]
+        std = statistics.stdev(values) if len(values) > 1 else float("nan")
+        seeds = ",".join(str(run["seed"]) for run in runs)
+        sizes = {(run["test_normal"], run["test_anomalous"]) for run in runs}
+        size = "; ".join(f"{n}/{a}" for n, a in sorted(sizes))
+        seconds = statistics.mean(run["seconds"] for run in runs)
+        print(
+            f"| {dataset} | {protocol} | {cls} | {model} | {shots} | {seeds} | "
+            f"{statistics.mean(values):.3f} ± {std:.3f} | {size} | {seconds:.0f} |"
+        )
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "summarize":
+        summarize(sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=["elpv", "magnetic_tile"])
     parser.add_argument("--root", default=None, help="dataset folder (default: ./datasets/elpv or the shared MT)")
@@ -169,6 +205,9 @@ def main() -> None:
     parser.add_argument("--backbone", default=LITE0_FILE)
     parser.add_argument("--layer", default=None)
     parser.add_argument("--no-patchcore", action="store_true")
+    parser.add_argument("--coreset-ratio", type=float, default=0.01, help="PatchCore coreset sampling ratio")
+    parser.add_argument("--patchcore-layers", nargs="+", default=["blocks.2", "blocks.4"])
+    parser.add_argument("--patchcore-only", action="store_true", help="skip the DRA runs")
     parser.add_argument("--out", default="results/dra_evidence/runs.jsonl")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -179,7 +218,7 @@ def main() -> None:
         _datamodule("elpv", root, args.batch_size).prepare_data()
         plan = [(k, None) for k in args.shots]
     else:
-        classes = args.classes or ["Blowhole", "Break", "Crack", "Fray", "Uneven"]
+        classes = args.classes or ["blowhole", "break", "crack", "fray", "uneven"]
         plan = [(10, cls) for cls in classes]
 
     out = Path(args.out)
@@ -193,7 +232,7 @@ def main() -> None:
     }
     records = []
     for seed in args.seeds:
-        for shots, cls in plan:
+        for shots, cls in plan if not args.patchcore_only else []:
             record = {"dataset": args.dataset, "protocol": "hard" if cls else "general", "class": cls, "K": shots}
             record |= {"seed": seed, **budget, **run_dra(args.dataset, root, args, shots, seed, cls)}
             records.append(record)
