@@ -229,7 +229,7 @@ class HADNet(AnomalibModule):
 
     @property
     def learning_type(self) -> LearningType:
-        """One-class (synthetic anomalies) by default; supervised masks count as few-shot labels."""
+        """``ONE_CLASS`` (anomalib has no supervised type; ``training_mode`` selects mask supervision)."""
         return LearningType.ONE_CLASS
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
