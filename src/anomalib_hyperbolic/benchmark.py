@@ -19,6 +19,9 @@ Config (YAML)::
     image_size: 256
     env: {HF_HOME: .cache/hf, HF_HUB_OFFLINE: "1"}     # offline backbone for anomalib's models
     data: {class_path: anomalib_hyperbolic.data.MagneticTile, init_args: {root: ...}}
+    subset: {train: 0.5, test: 0.3, seed: 0}   # optional CPU-budget cut, same images for every cell
+    pdn_teacher: teacher_small.pth             # optional local PDN teacher for EfficientAd and HypAD
+    latency_image_size: 256                    # optional; defaults to image_size
     latency: {runs: 20, warmup: 5, batch_sizes: [1, 8], openvino_precision: f32}
     models:
       - name: SimpleNet
@@ -26,6 +29,7 @@ Config (YAML)::
         init_args: {backbone: .cache/weights/tf_efficientnet_lite0.safetensors, layers: [blocks.2, blocks.4]}
         max_epochs: 4
         data_wrapper: null          # or {class_path: ..., init_args: {...}} wrapping the datamodule (DRA)
+        data_overrides: {}          # per-cell datamodule arguments (e.g. train_batch_size: 1 for EfficientAd)
 """
 
 from __future__ import annotations
@@ -161,6 +165,89 @@ def _store(figures: dict[str, float], runtime: str, batch: int, seconds: float) 
         figures[f"{runtime}_throughput_ips_b{batch}"] = batch / seconds
 
 
+def _subset_indices(samples: Any, fraction: float, seed: int, keep_anomalous: bool = False) -> list[int]:
+    """Rows kept by a seeded per-image draw: image ``p`` stays when ``sha256(seed:p)`` < ``fraction``.
+
+    The decision for an image depends on its path and the seed only, so every cell keeps the same
+    images even when a data wrapper moved a few of them to another split (DRA's labelled anomalies),
+    and every (label, anomaly type) group keeps about ``fraction`` of its images.
+    """
+    import hashlib
+
+    kept = []
+    for index, (path, label) in enumerate(zip(samples["image_path"], samples["label_index"], strict=True)):
+        digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
+        if (keep_anomalous and int(label) == 1) or int.from_bytes(digest[:8], "big") < fraction * 2**64:
+            kept.append(index)
+    return kept
+
+
+def apply_subset(datamodule: Any, subset: dict[str, Any] | None) -> dict[str, int]:
+    """Set the datamodule up once and keep a seeded, stratified fraction of its splits.
+
+    ``subset`` maps split names (``train``, ``val``, ``test``) to fractions in (0, 1] plus an
+    optional ``seed``. Every cell gets the same images: the split and the choice are seeded (see
+    :func:`_subset_indices`); labelled anomalies in the training split (few-shot data) are all kept.
+    Returns the number of images per split after the cut.
+    """
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    datamodule.setup(TrainerFn.FITTING)  # marks the datamodule as set up: the trainer keeps the cut
+    subset = dict(subset or {})
+    seed = int(subset.pop("seed", 0))
+    unknown = sorted(set(subset) - {"train", "val", "test"})
+    if unknown:
+        msg = f"benchmark subset keys must be train, val, test or seed; got {unknown}"
+        raise ValueError(msg)
+    for split, fraction in subset.items():
+        fraction = float(fraction)
+        if not 0 < fraction <= 1:
+            msg = f"benchmark subset.{split} must be a fraction in (0, 1], got {fraction}"
+            raise ValueError(msg)
+        dataset = getattr(datamodule, f"{split}_data", None)
+        if dataset is None:
+            msg = f"benchmark subset.{split}: the datamodule has no {split} split"
+            raise ValueError(msg)
+        indices = _subset_indices(dataset.samples, fraction, seed, keep_anomalous=split == "train")
+        if not indices:
+            msg = f"benchmark subset.{split}={fraction} keeps no image of the {len(dataset)} in that split"
+            raise ValueError(msg)
+        dataset.subsample(indices, inplace=True)
+    return {
+        split: len(getattr(datamodule, f"{split}_data"))
+        for split in ("train", "val", "test")
+        if getattr(datamodule, f"{split}_data", None) is not None
+    }
+
+
+def use_local_pdn_teacher(model: Any, teacher: str | Path) -> None:
+    """Make an EfficientAd-style model (anomalib's EfficientAd, HypAD) load ``teacher`` instead of downloading.
+
+    Both models call ``prepare_pretrained_model`` at the start of training; this replaces it, for this
+    instance only, with a ``weights_only`` load of the local file, so both get the same teacher.
+    """
+    import torch
+
+    path = Path(teacher)
+    if not path.is_file():
+        msg = f"pdn_teacher {str(path)!r} not found (make one with `anomalib-hyperbolic distill-teacher`)"
+        raise FileNotFoundError(msg)
+    teacher_module = model.model.teacher
+
+    def prepare_pretrained_model() -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            missing, unexpected = teacher_module.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # shape mismatch
+            msg = f"pdn_teacher {str(path)!r} does not fit the model's PDN: {error}"
+            raise ValueError(msg) from error
+        if missing or unexpected:
+            msg = f"pdn_teacher {str(path)!r} does not fit the model's PDN: missing {missing}, unexpected {unexpected}"
+            raise ValueError(msg)
+
+    model.prepare_pretrained_model = prepare_pretrained_model
+
+
 def run_cell(config: dict[str, Any], spec: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
     """Train, test and time one model configuration; return its row."""
     import resource
@@ -173,16 +260,20 @@ def run_cell(config: dict[str, Any], spec: dict[str, Any], cell_dir: Path) -> di
     image_size = int(config.get("image_size", 256))
     seed_everything(seed, workers=True)
     data_cfg = config["data"]
-    datamodule = _import(data_cfg["class_path"])(**data_cfg.get("init_args", {}))
+    data_args = {**data_cfg.get("init_args", {}), **spec.get("data_overrides", {})}
+    datamodule = _import(data_cfg["class_path"])(**data_args)
     wrapper = spec.get("data_wrapper")
     if wrapper:
         datamodule = _import(wrapper["class_path"])(datamodule=datamodule, **wrapper.get("init_args", {}))
+    split_sizes = apply_subset(datamodule, config.get("subset"))
     model_class = _import(spec["class_path"])
     model = model_class(
         **spec.get("init_args", {}),
         pre_processor=model_class.configure_pre_processor(image_size=(image_size, image_size)),
         evaluator=_evaluator(bool(config.get("pixel_metrics", True))),
     )
+    if config.get("pdn_teacher") and hasattr(model, "prepare_pretrained_model") and hasattr(model.model, "teacher"):
+        use_local_pdn_teacher(model, config["pdn_teacher"])
     engine = Engine(
         max_epochs=spec.get("max_epochs", 1),
         max_steps=spec.get("max_steps", -1),
@@ -200,7 +291,9 @@ def run_cell(config: dict[str, Any], spec: dict[str, Any], cell_dir: Path) -> di
     row.update({key: float(value) for key, value in metrics.items()})
     row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     torch.set_num_threads(int(os.environ.get("BENCHMARK_THREADS", torch.get_num_threads())))
-    row.update(_latency(model, cell_dir / "export", image_size, config.get("latency", {})))
+    latency_size = int(config.get("latency_image_size", image_size))
+    row.update(_latency(model, cell_dir / "export", latency_size, config.get("latency", {})))
+    row["split_sizes"] = split_sizes
     row["class_path"] = spec["class_path"]
     row["init_args"] = spec.get("init_args", {})
     return row

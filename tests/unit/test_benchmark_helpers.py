@@ -1,0 +1,78 @@
+"""Benchmark helpers: the seeded image subset and the shared local PDN teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomalib_hyperbolic import benchmark
+from anomalib_hyperbolic.testing import make_mvtec_like_dataset
+
+
+def _mvtec(root: Path) -> object:
+    from anomalib.data import MVTecAD
+
+    return MVTecAD(root=root, category="synthetic", num_workers=0, seed=0)
+
+
+def test_subset_is_seeded_identical_across_datamodules_and_keeps_few_shot_anomalies(tmp_path: Path) -> None:
+    from anomalib_hyperbolic.data import FewShotAnomalies
+
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=40, n_test_good=20, n_test_defect=20, image_size=32)
+    subset = {"train": 0.5, "test": 0.5, "seed": 3}
+    first, second = _mvtec(root), _mvtec(root)
+    sizes = benchmark.apply_subset(first, subset)
+    benchmark.apply_subset(second, subset)
+    assert 0 < sizes["train"] < 40
+    assert 0 < sizes["test"] < 40
+    assert list(first.test_data.samples.image_path) == list(second.test_data.samples.image_path)
+    assert list(first.train_data.samples.image_path) == list(second.train_data.samples.image_path)
+    other_seed = _mvtec(root)
+    benchmark.apply_subset(other_seed, {"test": 0.5, "seed": 4})
+    assert list(other_seed.test_data.samples.image_path) != list(first.test_data.samples.image_path)
+
+    few_shot = FewShotAnomalies(datamodule=_mvtec(root), num_anomalies=3, seed=0)
+    benchmark.apply_subset(few_shot, subset)
+    train = few_shot.train_data.samples
+    assert int((train.label_index == 1).sum()) == 3  # the labelled anomalies are never cut
+    # the few-shot test set is the common test subset minus the labelled anomalies
+    assert set(few_shot.test_data.samples.image_path) <= set(first.test_data.samples.image_path)
+    # the trainer's own setup keeps the cut
+    few_shot.setup("fit")
+    assert len(few_shot.test_data) == len(few_shot.test_data.samples)
+
+
+def test_subset_errors(tmp_path: Path) -> None:
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=32)
+    with pytest.raises(ValueError, match="fraction in"):
+        benchmark.apply_subset(_mvtec(root), {"test": 1.5})
+    with pytest.raises(ValueError, match="train, val, test or seed"):
+        benchmark.apply_subset(_mvtec(root), {"tset": 0.5})
+    with pytest.raises(ValueError, match="keeps no image"):
+        benchmark.apply_subset(_mvtec(root), {"test": 1e-9})
+
+
+def test_local_pdn_teacher_is_loaded_by_efficientad_and_hypad(tmp_path: Path) -> None:
+    from anomalib.models import EfficientAd
+
+    from anomalib_hyperbolic.models import HypAD
+
+    source = EfficientAd(imagenet_dir=tmp_path, visualizer=False)
+    teacher_file = tmp_path / "teacher.pth"
+    torch.save(source.model.teacher.state_dict(), teacher_file)
+    for model in (EfficientAd(imagenet_dir=tmp_path, visualizer=False), HypAD(imagenet_dir=None, visualizer=False)):
+        benchmark.use_local_pdn_teacher(model, teacher_file)
+        model.prepare_pretrained_model()
+        for name, value in source.model.teacher.state_dict().items():
+            assert torch.equal(model.model.teacher.state_dict()[name], value), name
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv9.weight": torch.zeros(1)}, wrong)
+    model = EfficientAd(imagenet_dir=tmp_path, visualizer=False)
+    benchmark.use_local_pdn_teacher(model, wrong)
+    with pytest.raises(ValueError, match="conv9"):
+        model.prepare_pretrained_model()
+    with pytest.raises(FileNotFoundError, match="distill-teacher"):
+        benchmark.use_local_pdn_teacher(model, tmp_path / "missing.pth")
