@@ -33,6 +33,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_hyperbolic.learning_types import SupervisedLearningType
+from anomalib_hyperbolic.models.components import PortableCheckpointMixin
 from anomalib_hyperbolic.synthesis import random_pseudo_anomalies
 
 from .loss import DRALoss
@@ -50,7 +51,7 @@ NO_ANOMALY_MESSAGE = (
 )
 
 
-class DRA(AnomalibModule):
+class DRA(PortableCheckpointMixin, AnomalibModule):
     """DRA: disentangled representations of seen, pseudo and latent residual abnormalities.
 
     Args:

@@ -36,6 +36,7 @@ from torchvision.transforms import v2
 
 from anomalib_hyperbolic.geometry import DEFAULT_CLIP_RADIUS
 from anomalib_hyperbolic.metrics import MIoU
+from anomalib_hyperbolic.models.components import PortableCheckpointMixin
 
 from .loss import HADNetLoss, hyperplane_loss
 from .torch_model import (
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["HADNet"]
 
 
-class HADNet(AnomalibModule):
+class HADNet(PortableCheckpointMixin, AnomalibModule):
     """HADNet: hyperbolic geometry enhanced feature filtering network (Feng et al., Sci. Rep. 2025).
 
     Args:

@@ -40,6 +40,8 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import CenterCrop, Compose, Normalize, RandomGrayscale, Resize
 
+from anomalib_hyperbolic.models.components import PortableCheckpointMixin
+
 from .torch_model import HypADModel, load_teacher_weights, parse_model_size
 
 logger = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ class ImageFileDataset(Dataset):
         return self.transform(image) if self.transform is not None else image
 
 
-class HypAD(AnomalibModule):
+class HypAD(PortableCheckpointMixin, AnomalibModule):
     """HypAD: EfficientAD in the Poincaré ball.
 
     Args:

@@ -28,13 +28,15 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from anomalib_hyperbolic.models.components import PortableCheckpointMixin
+
 from .loss import TruncatedL1Loss
 from .torch_model import SimpleNetModel
 
 __all__ = ["SimpleNet"]
 
 
-class SimpleNet(AnomalibModule):
+class SimpleNet(PortableCheckpointMixin, AnomalibModule):
     """SimpleNet: adapted pretrained features, Gaussian-noise pseudo-anomalies, MLP discriminator.
 
     Every default is the paper's (section 4.3) or, where the paper is silent, the official code's.
