@@ -154,7 +154,8 @@ def _latency(model: Any, export_dir: Path, image_size: int, settings: dict[str, 
             ov_model.reshape({ov_model.input(0).any_name: [batch, 3, image_size, image_size]})
         except RuntimeError as error:  # a graph traced with a fixed batch of 1 (e.g. anomalib's Patchcore)
             logger.warning("OpenVINO graph does not reshape to batch %d (%s); timing batch-1 calls", batch, error)
-            ov_model = core.read_model(xml)
+            ov_model = ov.Core().read_model(xml)  # a fresh read: the failed reshape may leave partial shapes
+            ov_model.reshape({ov_model.input(0).any_name: [1, 3, image_size, image_size]})
             calls, batch_shape = batch, 1
             figures[f"openvino_b{batch}_note"] = f"graph has a fixed batch of 1: {batch} sequential batch-1 calls"
         else:
@@ -306,7 +307,11 @@ def run_cell(config: dict[str, Any], spec: dict[str, Any], cell_dir: Path) -> di
     row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     torch.set_num_threads(int(os.environ.get("BENCHMARK_THREADS", torch.get_num_threads())))
     latency_size = int(config.get("latency_image_size", image_size))
-    row.update(_latency(model, cell_dir / "export", latency_size, config.get("latency", {})))
+    try:
+        row.update(_latency(model, cell_dir / "export", latency_size, config.get("latency", {})))
+    except Exception as error:  # keep the trained cell's metrics; say why timing failed
+        logger.exception("latency measurement failed")
+        row["latency_error"] = f"{type(error).__name__}: {error}"[:500]
     row["split_sizes"] = split_sizes
     row["class_path"] = spec["class_path"]
     row["init_args"] = spec.get("init_args", {})
