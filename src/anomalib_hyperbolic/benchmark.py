@@ -444,9 +444,9 @@ def plot(rows: list[dict[str, Any]], output: Path) -> None:
     plt.close(figure)
 
     sweep = [
-        (float(row["init_args"]["curvature"]), row)
+        (float(row["init_args"].get("c", row["init_args"].get("curvature", 0.01))), row)  # HypAD's default c
         for row in rows
-        if row.get("class_path", "").endswith("HypAD") and "curvature" in row.get("init_args", {})
+        if row.get("class_path", "").endswith("HypAD")
     ]
     if sweep:
         sweep.sort(key=lambda item: item[0])

@@ -76,3 +76,29 @@ def test_local_pdn_teacher_is_loaded_by_efficientad_and_hypad(tmp_path: Path) ->
         model.prepare_pretrained_model()
     with pytest.raises(FileNotFoundError, match="distill-teacher"):
         benchmark.use_local_pdn_teacher(model, tmp_path / "missing.pth")
+
+
+def test_plots_include_the_hypad_curvature_sweep_only_with_hypad_cells(tmp_path: Path) -> None:
+    def row(name: str, class_path: str, init_args: dict, aupro: float) -> dict:
+        return {
+            "name": name,
+            "class_path": class_path,
+            "init_args": init_args,
+            "image_AUROC": 0.6,
+            "pixel_AUROC": 0.7,
+            "pixel_AUPRO": aupro,
+            "torch_latency_ms_b1": 10.0,
+            "openvino_latency_ms_b1": 5.0,
+        }
+
+    rows = [row("Patchcore", "anomalib.models.Patchcore", {}, 0.5)]
+    benchmark.plot(rows, tmp_path)
+    assert (tmp_path / "metrics.png").is_file()
+    assert (tmp_path / "latency_vs_aupro.png").is_file()
+    assert not (tmp_path / "hypad_curvature.png").exists()
+    rows += [
+        row("HypAD a", "anomalib_hyperbolic.models.HypAD", {"c": 0.1}, 0.2),
+        row("HypAD b", "anomalib_hyperbolic.models.HypAD", {}, 0.3),  # default c = 0.01
+    ]
+    benchmark.plot(rows, tmp_path)
+    assert (tmp_path / "hypad_curvature.png").stat().st_size > 0
