@@ -47,12 +47,14 @@ def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 def _score(xml: Path, precision: str, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
     compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": precision})
     names = [output.any_name for output in compiled.outputs]
+    batch_dim = compiled.input(0).get_partial_shape()[0]
+    graph_batch = batch_dim.get_length() if batch_dim.is_static else 1  # some exports have a fixed batch
     scores, maps = [], []
     for image in images:
-        result = compiled([image])
-        outputs = {name: result[compiled.output(name)] for name in names}
-        scores.append(float(np.asarray(outputs["pred_score"]).reshape(-1)[0]))
-        maps.append(np.asarray(outputs["anomaly_map"]).reshape(image.shape[-2:]))
+        result = compiled([np.repeat(image, graph_batch, axis=0)])
+        outputs = {name: np.asarray(result[compiled.output(name)])[:1] for name in names}
+        scores.append(float(outputs["pred_score"].reshape(-1)[0]))
+        maps.append(outputs["anomaly_map"].reshape(image.shape[-2:]))
     return np.asarray(scores), maps
 
 
