@@ -51,7 +51,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_mIoU"]
+METRIC_COLUMNS = ["image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_MIoU"]
 COLUMNS = [
     "name",
     *METRIC_COLUMNS,

@@ -36,8 +36,9 @@ def test_benchmark_grid_tables_plots_and_resume(tmp_path: Path) -> None:
     rows = benchmark.run_grid(config_path)
     assert [row["name"] for row in rows] == ["PaDiM-a", "PaDiM-b"]
     for row in rows:
-        for key in ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "train_seconds", "peak_memory_mb"):
+        for key in ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_MIoU", "train_seconds"):
             assert key in row, key
+        assert row["peak_memory_mb"] > 0
         assert row["torch_latency_ms_b1"] > 0
         assert row["openvino_latency_ms_b1"] > 0
         assert row["torch_throughput_ips_b8"] > 0
@@ -46,6 +47,7 @@ def test_benchmark_grid_tables_plots_and_resume(tmp_path: Path) -> None:
     with (out / "results.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert [row["name"] for row in table] == ["PaDiM-a", "PaDiM-b"]
+    assert all(row[column] for row in table for column in benchmark.METRIC_COLUMNS), "empty metric cell in the table"
     assert "| PaDiM-a |" in (out / "results.md").read_text()
     assert (out / "metrics.png").stat().st_size > 0
     assert (out / "latency_vs_aupro.png").stat().st_size > 0
