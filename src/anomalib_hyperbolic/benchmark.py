@@ -210,7 +210,7 @@ def _subset_indices(samples: Any, fraction: float, seed: int, keep_anomalous: bo
 
 
 def apply_subset(datamodule: Any, subset: dict[str, Any] | None) -> dict[str, int]:
-    """Set the datamodule up once and keep a seeded, stratified fraction of its splits.
+    """Set the datamodule up once and keep a seeded fraction of its splits (a per-image draw).
 
     ``subset`` maps split names (``train``, ``val``, ``test``) to fractions in (0, 1] plus an
     optional ``seed``. Every cell gets the same images: the split and the choice are seeded (see
