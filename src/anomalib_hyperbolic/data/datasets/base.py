@@ -18,6 +18,7 @@ import torch
 from anomalib import TaskType
 from anomalib.data.dataclasses import ImageItem
 from anomalib.data.datasets.base.image import AnomalibDataset
+from anomalib.data.errors import MisMatchError
 from anomalib.data.utils import LabelName
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2.functional import to_dtype, to_image
@@ -30,6 +31,7 @@ __all__ = [
     "filter_split",
     "move_anomalies_to_train",
     "open_checked",
+    "pair_by_stem",
     "read_image_checked",
     "split_by_ratios",
     "split_normals",
@@ -115,6 +117,32 @@ class SurfaceDefectDataset(AnomalibDataset):
                 image = self.augmentations(image)
         gt_label = None if label_index == LabelName.UNKNOWN else torch.tensor(label_index)
         return ImageItem(image=image, gt_mask=gt_mask, gt_label=gt_label, image_path=image_path, mask_path=mask_path)
+
+
+def pair_by_stem(
+    images: dict[str, Path],
+    masks: dict[str, Path],
+    *,
+    heading: str,
+    image_without_mask: str,
+    mask_without_image: str,
+) -> list[tuple[str, str]]:
+    """``(image_path, mask_path)`` pairs of same-stem files, sorted by stem.
+
+    Raises ``MisMatchError`` (``heading: ...``) listing up to five images without a mask (described by
+    ``image_without_mask``) and masks without an image (``mask_without_image``).
+    """
+    without_mask = sorted(str(images[stem]) for stem in images.keys() - masks.keys())
+    without_image = sorted(str(masks[stem]) for stem in masks.keys() - images.keys())
+    if without_mask or without_image:
+        parts = []
+        if without_mask:
+            parts.append(f"{len(without_mask)} {image_without_mask}: {without_mask[:5]}")
+        if without_image:
+            parts.append(f"{len(without_image)} {mask_without_image}: {without_image[:5]}")
+        msg = f"{heading}: " + "; ".join(parts)
+        raise MisMatchError(msg)
+    return [(str(images[stem]), str(masks[stem])) for stem in sorted(images)]
 
 
 def validate_ratios(ratios: Sequence[float], name: str, count: int) -> tuple[float, ...]:

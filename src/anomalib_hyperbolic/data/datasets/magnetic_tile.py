@@ -37,7 +37,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from anomalib.data.errors import MisMatchError
 from anomalib.data.utils import LabelName, Split
 from torchvision.transforms.v2 import Transform
 
@@ -45,6 +44,7 @@ from anomalib_hyperbolic.data.datasets.base import (
     SurfaceDefectDataset,
     filter_split,
     move_anomalies_to_train,
+    pair_by_stem,
     split_by_ratios,
     split_normals,
 )
@@ -77,17 +77,13 @@ def _scan_folder(root: Path, folder: str, defect_types: Sequence[str]) -> list[t
     if not images:
         msg = f"No .jpg images in '{directory}'; expected {_expected_layout(defect_types)}."
         raise FileNotFoundError(msg)
-    without_mask = sorted(str(images[s]) for s in images.keys() - masks.keys())
-    without_image = sorted(str(masks[s]) for s in masks.keys() - images.keys())
-    if without_mask or without_image:
-        parts = []
-        if without_mask:
-            parts.append(f"{len(without_mask)} image(s) without a same-stem .png mask: {without_mask[:5]}")
-        if without_image:
-            parts.append(f"{len(without_image)} mask(s) without a same-stem .jpg image: {without_image[:5]}")
-        msg = f"Image/mask mismatch in '{directory}': " + "; ".join(parts)
-        raise MisMatchError(msg)
-    return [(str(images[s]), str(masks[s])) for s in sorted(images)]
+    return pair_by_stem(
+        images,
+        masks,
+        heading=f"Image/mask mismatch in '{directory}'",
+        image_without_mask="image(s) without a same-stem .png mask",
+        mask_without_image="mask(s) without a same-stem .jpg image",
+    )
 
 
 def make_magnetic_tile_dataset(

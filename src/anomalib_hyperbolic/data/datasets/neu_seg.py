@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from anomalib.data.errors import MisMatchError
 from anomalib.data.utils import LabelName, Split
 from torchvision.transforms.v2 import Transform
 from torchvision.tv_tensors import Mask
@@ -46,6 +45,7 @@ from anomalib_hyperbolic.data.datasets.base import (
     UnreadableImageError,
     filter_split,
     open_checked,
+    pair_by_stem,
     split_by_ratios,
 )
 
@@ -83,16 +83,13 @@ def _scan(root: Path, folder: str) -> list[tuple[str, str]]:
     if not images:
         msg = f"No images in '{images_dir}'; expected {_EXPECTED}."
         raise FileNotFoundError(msg)
-    without_mask = sorted(str(images[s]) for s in images.keys() - masks.keys())
-    without_image = sorted(str(masks[s]) for s in masks.keys() - images.keys())
-    if without_mask or without_image:
-        parts = []
-        if without_mask:
-            parts.append(f"{len(without_mask)} image(s) without an annotation in '{masks_dir}': {without_mask[:5]}")
-        if without_image:
-            parts.append(f"{len(without_image)} annotation(s) without an image in '{images_dir}': {without_image[:5]}")
-        raise MisMatchError("NEU-Seg image/annotation mismatch: " + "; ".join(parts))
-    return [(str(images[s]), str(masks[s])) for s in sorted(images)]
+    return pair_by_stem(
+        images,
+        masks,
+        heading="NEU-Seg image/annotation mismatch",
+        image_without_mask=f"image(s) without an annotation in '{masks_dir}'",
+        mask_without_image=f"annotation(s) without an image in '{images_dir}'",
+    )
 
 
 def make_neu_seg_dataset(
