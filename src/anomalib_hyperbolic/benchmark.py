@@ -22,7 +22,10 @@ Config (YAML)::
     subset: {train: 0.5, test: 0.3, seed: 0}   # optional CPU-budget cut, same images for every cell
     pdn_teacher: teacher_small.pth             # optional local PDN teacher for EfficientAd and HypAD
     latency_image_size: 256                    # optional; defaults to image_size
-    latency: {runs: 20, warmup: 5, batch_sizes: [1, 8], openvino_precision: f32}
+    latency: {runs: 20, warmup: 5, batch_sizes: [1, 8], openvino_precision: f32}   # or false: no timing
+    latency_after: {runs: 20, ...}             # timing settings for --time-only when latency is false
+    accelerator: cpu                           # training/testing device (gpu: train there, time later)
+    save_weights: false                        # keep each cell's trained state for `--time-only`
     models:
       - name: SimpleNet
         class_path: anomalib_hyperbolic.models.SimpleNet
@@ -30,6 +33,13 @@ Config (YAML)::
         max_epochs: 4
         data_wrapper: null          # or {class_path: ..., init_args: {...}} wrapping the datamodule (DRA)
         data_overrides: {}          # per-cell datamodule arguments (e.g. train_batch_size: 1 for EfficientAd)
+        max_time: null              # optional Lightning wall-time cap, "DD:HH:MM:SS" (steps reached are recorded)
+        save_weights: null          # per-cell override of save_weights
+
+Training on an accelerator and timing on the edge CPU are separate steps: run the grid with
+``accelerator: gpu``, ``latency: false`` and ``save_weights: true`` where the GPU is (``--parallel N``
+runs N cells at once), bring ``<output>/cells`` and ``<output>/weights`` to the CPU machine and run
+``--time-only``: each saved cell is rebuilt, given its trained state, and timed there.
 """
 
 from __future__ import annotations
@@ -46,6 +56,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -275,24 +286,9 @@ def use_local_pdn_teacher(model: Any, teacher: str | Path) -> None:
     model.prepare_pretrained_model = prepare_pretrained_model
 
 
-def run_cell(config: dict[str, Any], spec: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
-    """Train, test and time one model configuration; return its row."""
-    import resource
-
-    import torch
-    from anomalib.engine import Engine
-    from lightning.pytorch import seed_everything
-
-    seed = int(config.get("seed", 0))
+def build_model(config: dict[str, Any], spec: dict[str, Any]) -> Any:
+    """The cell's model: its class and arguments, the common pre-processor, evaluator, no visualizer."""
     image_size = int(config.get("image_size", 256))
-    seed_everything(seed, workers=True)
-    data_cfg = config["data"]
-    data_args = {**data_cfg.get("init_args", {}), **spec.get("data_overrides", {})}
-    datamodule = _import(data_cfg["class_path"])(**data_args)
-    wrapper = spec.get("data_wrapper")
-    if wrapper:
-        datamodule = _import(wrapper["class_path"])(datamodule=datamodule, **wrapper.get("init_args", {}))
-    split_sizes = apply_subset(datamodule, config.get("subset"))
     model_class = _import(spec["class_path"])
     model = model_class(
         **spec.get("init_args", {}),
@@ -302,10 +298,94 @@ def run_cell(config: dict[str, Any], spec: dict[str, Any], cell_dir: Path) -> di
     )
     if config.get("pdn_teacher") and hasattr(model, "prepare_pretrained_model") and hasattr(model.model, "teacher"):
         use_local_pdn_teacher(model, config["pdn_teacher"])
+    return model
+
+
+def trained_state(model: Any, initial: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``model``'s state that training changed (new shape or new values), on the CPU.
+
+    Frozen pretrained backbones are left out: a rebuilt model loads them again from the same weights.
+    """
+    import torch
+
+    changed = {}
+    for key, value in model.state_dict().items():
+        before = initial.get(key)
+        value = value.detach().cpu()
+        if before is None or before.shape != value.shape or not torch.equal(before, value):
+            changed[key] = value.clone()
+    return changed
+
+
+def load_trained_state(model: Any, state: dict[str, Any]) -> None:
+    """Put a :func:`trained_state` into a freshly built model of the same cell.
+
+    Buffers that training resized (PatchCore's memory bank starts empty) are resized first; a key
+    the model does not have, or a parameter of another shape, is an error naming the key.
+    """
+    import torch
+
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    if unknown:
+        msg = f"saved benchmark weights do not fit this model: unknown keys {unknown[:5]}"
+        raise ValueError(msg)
+    for key, value in state.items():
+        if own[key].shape == value.shape:
+            continue
+        module_name, _, name = key.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        if name not in module._buffers:  # only registered buffers are resized
+            shapes = f"{tuple(value.shape)} saved, {tuple(own[key].shape)} in the model"
+            msg = f"saved benchmark weights do not fit this model: {key} is {shapes}"
+            raise ValueError(msg)
+        module._buffers[name] = torch.empty_like(value)
+    model.load_state_dict(state, strict=False)
+
+
+def _weights_file(output: Path, name: str) -> Path:
+    return output / "weights" / f"{_cell_file(output, name).stem}.pt"
+
+
+def _prepare(config: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, dict[str, int], Any]:
+    """Seed, then the cell's datamodule (set up, subset applied), its split sizes and its model.
+
+    The same order of steps for training and for ``--time-only``, so a rebuilt model starts from
+    the same random state as the one that was trained.
+    """
+    from lightning.pytorch import seed_everything
+
+    seed_everything(int(config.get("seed", 0)), workers=True)
+    data_cfg = config["data"]
+    data_args = {**data_cfg.get("init_args", {}), **spec.get("data_overrides", {})}
+    datamodule = _import(data_cfg["class_path"])(**data_args)
+    wrapper = spec.get("data_wrapper")
+    if wrapper:
+        datamodule = _import(wrapper["class_path"])(datamodule=datamodule, **wrapper.get("init_args", {}))
+    split_sizes = apply_subset(datamodule, config.get("subset"))
+    return datamodule, split_sizes, build_model(config, spec)
+
+
+def run_cell(
+    config: dict[str, Any], spec: dict[str, Any], cell_dir: Path, weights: Path | None = None
+) -> dict[str, Any]:
+    """Train, test and (unless ``latency: false``) time one model configuration; return its row.
+
+    With ``weights``, the state that training changed is saved there (see :func:`trained_state`).
+    """
+    import resource
+
+    import torch
+    from anomalib.engine import Engine
+
+    datamodule, split_sizes, model = _prepare(config, spec)
+    initial = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()} if weights else {}
+    limits = {"max_epochs": spec.get("max_epochs", 1), "max_steps": spec.get("max_steps", -1)}
+    if spec.get("max_time"):
+        limits["max_time"] = spec["max_time"]
     engine = Engine(
-        max_epochs=spec.get("max_epochs", 1),
-        max_steps=spec.get("max_steps", -1),
-        accelerator="cpu",
+        **limits,
+        accelerator=spec.get("accelerator", config.get("accelerator", "cpu")),
         devices=1,
         default_root_dir=cell_dir,
         logger=False,
@@ -314,21 +394,59 @@ def run_cell(config: dict[str, Any], spec: dict[str, Any], cell_dir: Path) -> di
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
+    # what training actually ran: a max_time cap can stop it before max_steps / max_epochs
+    reached = {"steps_run": engine.trainer.global_step, "epochs_run": engine.trainer.current_epoch}
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
-    row: dict[str, Any] = {"name": spec["name"], "train_seconds": train_seconds}
+    row: dict[str, Any] = {"name": spec["name"], "train_seconds": train_seconds, **reached, **limits}
     row.update({key: float(value) for key, value in metrics.items()})
     row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    torch.set_num_threads(int(os.environ.get("BENCHMARK_THREADS", torch.get_num_threads())))
-    latency_size = int(config.get("latency_image_size", image_size))
-    try:
-        row.update(_latency(model, cell_dir / "export", latency_size, config.get("latency", {})))
-    except Exception as error:  # keep the trained cell's metrics; say why timing failed
-        logger.exception("latency measurement failed")
-        row["latency_error"] = f"{type(error).__name__}: {error}"[:500]
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        row["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        row["gpu"] = torch.cuda.get_device_name()
+    if weights is not None:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(trained_state(model, initial), weights)
+    if config.get("latency", {}) is not False:
+        model.cpu()
+        row.update(time_model(config, model, cell_dir / "export"))
     row["split_sizes"] = split_sizes
     row["class_path"] = spec["class_path"]
     row["init_args"] = spec.get("init_args", {})
     return row
+
+
+def time_model(
+    config: dict[str, Any], model: Any, export_dir: Path | None = None, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """CPU latency figures of a trained model (a failure is recorded in the row, not raised)."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BENCHMARK_THREADS", torch.get_num_threads())))
+    latency_size = int(config.get("latency_image_size", config.get("image_size", 256)))
+    settings = settings if settings is not None else (config.get("latency") or {})
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            return _latency(model, export_dir or Path(scratch), latency_size, settings)
+    except Exception as error:  # keep the trained cell's metrics; say why timing failed
+        logger.exception("latency measurement failed")
+        return {"latency_error": f"{type(error).__name__}: {error}"[:500]}
+
+
+def time_cell(config: dict[str, Any], spec: dict[str, Any], row: dict[str, Any], weights: Path) -> dict[str, Any]:
+    """Rebuild a cell trained elsewhere, load its saved state, and add this CPU's latency to its row."""
+    import platform
+
+    import torch
+
+    _, _, model = _prepare(config, spec)
+    load_trained_state(model, torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    # `latency_after`: the timing settings of a grid trained with `latency: false`
+    timed = time_model(config, model, settings=config.get("latency_after") or config.get("latency") or {})
+    timed["latency_machine"] = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip()
+    return {**row, **timed}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,8 +459,14 @@ def _cell_file(output: Path, name: str) -> Path:
     return output / "cells" / f"{safe}.json"
 
 
-def run_grid(config_path: str | Path, only: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Run every missing cell in a subprocess, then write the tables and plots."""
+def run_grid(
+    config_path: str | Path, only: Sequence[str] | None = None, parallel: int = 1, time_only: bool = False
+) -> list[dict[str, Any]]:
+    """Run every missing cell in a subprocess (``parallel`` at a time), then write the tables and plots.
+
+    With ``time_only``, nothing is trained: every finished cell that has saved weights and no latency
+    figures is rebuilt and timed on this machine instead.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     config = load_config(config_path)
@@ -352,33 +476,50 @@ def run_grid(config_path: str | Path, only: Sequence[str] | None = None) -> list
     env = {**os.environ, **{key: str(value) for key, value in (config.get("env") or {}).items()}}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TimeElapsedColumn()) as progress:
-        task = progress.add_task("benchmark", total=len(specs))
-        for spec in specs:
+        task = progress.add_task("benchmark" if not time_only else "timing", total=len(specs))
+
+        def run_one(spec: dict[str, Any]) -> None:
             target = _cell_file(output, spec["name"])
-            if target.is_file():
+            if time_only:
+                reason = _untimed_reason(output, spec["name"])
+                if reason:
+                    progress.console.print(f"[dim]{spec['name']}: not timed ({reason})")
+                    progress.advance(task)
+                    return
+            elif target.is_file():
                 progress.console.print(f"[dim]{spec['name']}: done earlier, kept ({target})")
                 progress.advance(task)
-                continue
-            progress.update(task, description=f"benchmark: {spec['name']}")
-            command = [
-                sys.executable,
-                "-m",
-                "anomalib_hyperbolic.benchmark",
-                "--cell",
-                spec["name"],
-                "--config",
-                str(config_path),
-            ]
-            log = output / "cells" / f"{target.stem}.log"
+                return
+            progress.console.print(f"{spec['name']}: started")
+            command = [sys.executable, "-m", "anomalib_hyperbolic.benchmark", "--cell", spec["name"]]
+            command += ["--config", str(config_path), *(["--time-only"] if time_only else [])]
+            log = output / "cells" / f"{target.stem}{'.timing' if time_only else ''}.log"
             with log.open("w") as handle:
                 result = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
             if result.returncode != 0:
                 progress.console.print(f"[red]{spec['name']}: failed (exit {result.returncode}), see {log}")
+            else:
+                progress.console.print(f"{spec['name']}: finished")
             progress.advance(task)
+
+        with ThreadPoolExecutor(max_workers=max(1, int(parallel))) as pool:
+            list(pool.map(run_one, specs))
     rows = collect(output)
     write_tables(rows, output)
     plot(rows, output)
     return rows
+
+
+def _untimed_reason(output: Path, name: str) -> str:
+    """Why a cell cannot (or need not) be timed by ``--time-only``; empty when it should be."""
+    target = _cell_file(output, name)
+    if not target.is_file():
+        return "not trained yet"
+    if "torch_latency_ms_b1" in json.loads(target.read_text()):
+        return "already timed"
+    if not _weights_file(output, name).is_file():
+        return f"no saved weights at {_weights_file(output, name)}"
+    return ""
 
 
 def collect(output: Path) -> list[dict[str, Any]]:
@@ -467,6 +608,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anomalib-hyperbolic benchmark", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--config", required=True, help="benchmark YAML (see module docs)")
     parser.add_argument("--only", nargs="*", help="run only these cell names")
+    parser.add_argument("--parallel", type=int, default=1, help="cells run at once (e.g. several on one GPU)")
+    parser.add_argument(
+        "--time-only", action="store_true", help="train nothing: time the cells trained elsewhere (saved weights)"
+    )
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
     args = parser.parse_args(argv)
     if args.cell:
@@ -476,12 +621,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"no model named {args.cell!r} in {args.config}")
         output = Path(config["output"])
         target = _cell_file(output, args.cell)
-        row = run_cell(config, spec, output / "runs" / target.stem)
+        if args.time_only:
+            row = time_cell(config, spec, json.loads(target.read_text()), _weights_file(output, args.cell))
+        else:
+            save = spec.get("save_weights")
+            save = config.get("save_weights", False) if save is None else save
+            weights = _weights_file(output, args.cell) if save else None
+            row = run_cell(config, spec, output / "runs" / target.stem, weights)
         temporary = target.with_suffix(".tmp")
         temporary.write_text(json.dumps(row, indent=2, default=str))
         temporary.replace(target)  # atomic: a cell counts as done only when complete
         return 0
-    rows = run_grid(args.config, args.only)
+    rows = run_grid(args.config, args.only, parallel=args.parallel, time_only=args.time_only)
     print((Path(load_config(args.config)["output"]) / "results.md").read_text())
     return 0 if rows else 1
 

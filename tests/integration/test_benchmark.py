@@ -72,3 +72,85 @@ def test_benchmark_config_errors(tmp_path: Path) -> None:
     bad.write_text(yaml.safe_dump({"output": "x", "data": {}, "models": [{"name": "a"}, {"name": "a"}]}))
     with pytest.raises(ValueError, match="unique"):
         benchmark.load_config(bad)
+
+
+def test_train_here_time_later_with_saved_weights(tmp_path: Path) -> None:
+    """`latency: false` + `save_weights`: no timing during training; `--time-only` times the saved cells."""
+    import torch
+
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=64)
+    config = {
+        "output": str(tmp_path / "out"),
+        "seed": 0,
+        "image_size": 64,
+        "latency": False,
+        "latency_after": {"runs": 20, "warmup": 1, "batch_sizes": [1]},
+        "save_weights": True,
+        "data": {
+            "class_path": "anomalib.data.MVTecAD",
+            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0, "train_batch_size": 4},
+        },
+        "models": [
+            {
+                "name": "PaDiM",
+                "class_path": "anomalib.models.Padim",
+                "init_args": {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1", "layer2"]},
+                "max_epochs": 1,
+            },
+            {
+                "name": "PaDiM unsaved",
+                "class_path": "anomalib.models.Padim",
+                "init_args": {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1", "layer2"]},
+                "max_epochs": 1,
+                "save_weights": False,
+            },
+        ],
+    }
+    config_path = tmp_path / "bench.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    rows = benchmark.run_grid(config_path, parallel=2)
+    assert [row["name"] for row in rows] == ["PaDiM", "PaDiM unsaved"]
+    for row in rows:
+        assert "torch_latency_ms_b1" not in row
+        assert row["steps_run"] >= 1
+        assert row["epochs_run"] == 1
+    weights = tmp_path / "out" / "weights" / "PaDiM.pt"
+    saved = torch.load(weights, weights_only=True)
+    # only what training changed: the fitted Gaussian (resized from empty) and the post-processor's statistics
+    assert "model.gaussian.mean" in saved
+    assert not any(key.startswith("model.feature_extractor") for key in saved)
+    assert not (tmp_path / "out" / "weights" / "PaDiM unsaved.pt").exists()
+
+    rows = benchmark.run_grid(config_path, time_only=True)
+    timed, untimed = rows
+    assert timed["torch_latency_ms_b1"] > 0
+    assert timed["openvino_latency_ms_b1"] > 0
+    assert timed["latency_machine"]
+    assert timed["image_AUROC"] == rows[0]["image_AUROC"]  # the trained metrics are kept
+    assert "torch_latency_ms_b1" not in untimed
+
+
+def test_load_trained_state_resizes_buffers_and_names_unknown_keys() -> None:
+    import pytest
+    import torch
+
+    class Bank(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+            self.register_buffer("memory_bank", torch.empty(0))
+
+    trained = Bank()
+    initial = {key: value.clone() for key, value in trained.state_dict().items()}
+    trained.memory_bank = torch.randn(5, 2)
+    state = benchmark.trained_state(trained, initial)
+    assert set(state) == {"memory_bank"}
+
+    fresh = Bank()
+    benchmark.load_trained_state(fresh, state)
+    assert torch.equal(fresh.memory_bank, state["memory_bank"])
+    with pytest.raises(ValueError, match="unknown keys"):
+        benchmark.load_trained_state(Bank(), {"other.weight": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"linear\.weight"):
+        benchmark.load_trained_state(Bank(), {"linear.weight": torch.zeros(3, 3)})
