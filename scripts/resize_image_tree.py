@@ -2,10 +2,11 @@
 
 ``python scripts/resize_image_tree.py ../shared/datasets/magnetic_tile .gpu/magnetic_tile_256 --size 256``
 
-Same tree and file names; ``.jpg`` images are resized with bilinear filtering (PIL downscales with antialiasing) and saved as
-JPEG (quality 90); ``.png`` files (masks) with nearest-neighbour filtering, so they stay binary. Other
-files are copied. The models resize to the same square side anyway (anomalib's ``Resize`` without
-keeping the aspect ratio), so only the JPEG re-encoding differs from reading the originals.
+Same tree and file names. ``.jpg`` images: bilinear resize (PIL antialiases when it downscales), saved
+as JPEG quality 90 (mean absolute change against a lossless resize: about 1 grey level on Magnetic
+Tile). ``.png`` files (masks): nearest-neighbour resize, so no new grey levels appear. Other files are
+copied. The models resize to the same square side anyway (anomalib's ``Resize`` does not keep the
+aspect ratio), so only the JPEG re-encoding differs from reading the originals.
 """
 
 from __future__ import annotations
