@@ -434,10 +434,22 @@ def time_model(
         return {"latency_error": f"{type(error).__name__}: {error}"[:500]}
 
 
-def time_cell(config: dict[str, Any], spec: dict[str, Any], row: dict[str, Any], weights: Path) -> dict[str, Any]:
-    """Rebuild a cell trained elsewhere, load its saved state, and add this CPU's latency to its row."""
+def _machine() -> str:
+    """CPU model and core count of this machine, e.g. ``AMD EPYC 9B14, 2 cpus``."""
     import platform
 
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cpus"
+
+
+def time_cell(config: dict[str, Any], spec: dict[str, Any], row: dict[str, Any], weights: Path) -> dict[str, Any]:
+    """Rebuild a cell trained elsewhere, load its saved state, and add this CPU's latency to its row."""
     import torch
 
     _, _, model = _prepare(config, spec)
@@ -445,7 +457,7 @@ def time_cell(config: dict[str, Any], spec: dict[str, Any], row: dict[str, Any],
     model.eval()
     # `latency_after`: the timing settings of a grid trained with `latency: false`
     timed = time_model(config, model, settings=config.get("latency_after") or config.get("latency") or {})
-    timed["latency_machine"] = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip()
+    timed["latency_machine"] = _machine()
     return {**row, **timed}
 
 
@@ -591,12 +603,18 @@ def plot(rows: list[dict[str, Any]], output: Path) -> None:
     ]
     if sweep:
         sweep.sort(key=lambda item: item[0])
+        # one line per clipping radius (HypAD's default 2.3), so "curvature only" cells stand apart
+        radii = sorted({float(row["init_args"].get("clip_radius", 2.3)) for _, row in sweep})
         figure, axis = plt.subplots(figsize=(5, 4))
-        for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
-            axis.plot([c for c, _ in sweep], [row.get(key, float("nan")) for _, row in sweep], marker="o", label=key)
+        for radius, style in zip(radii, ("-", "--", ":", "-."), strict=False):
+            group = [(c, row) for c, row in sweep if float(row["init_args"].get("clip_radius", 2.3)) == radius]
+            for key, colour in (("image_AUROC", "C0"), ("pixel_AUROC", "C1"), ("pixel_AUPRO", "C2")):
+                values = [row.get(key, float("nan")) for _, row in group]
+                label = f"{key}, clip {radius:g}"
+                axis.plot([c for c, _ in group], values, style, color=colour, marker="o", label=label)
         axis.set_xscale("symlog", linthresh=0.01)
         axis.set_xlabel("curvature c")
-        axis.legend()
+        axis.legend(fontsize=7)
         axis.set_title("HypAD curvature sweep")
         figure.tight_layout()
         figure.savefig(output / "hypad_curvature.png", dpi=120)
