@@ -203,19 +203,24 @@ def _store(figures: dict[str, float], runtime: str, batch: int, seconds: float) 
         figures[f"{runtime}_throughput_ips_b{batch}"] = batch / seconds
 
 
-def _subset_indices(samples: Any, fraction: float, seed: int, keep_anomalous: bool = False) -> list[int]:
+def _subset_indices(
+    samples: Any, fraction: float, seed: int, keep_anomalous: bool = False, complement: bool = False
+) -> list[int]:
     """Rows kept by a seeded per-image draw: image ``p`` stays when ``sha256(seed:p)`` < ``fraction``.
 
     The decision for an image depends on its path and the seed only, so every cell keeps the same
     images even when a data wrapper moved a few of them to another split (DRA's labelled anomalies),
-    and every (label, anomaly type) group keeps about ``fraction`` of its images.
+    and every (label, anomaly type) group keeps about ``fraction`` of its images. With ``complement``
+    the images that the same draw would *not* keep are kept instead: a disjoint set, e.g. to confirm a
+    setting chosen on the drawn subset.
     """
     import hashlib
 
     kept = []
     for index, (path, label) in enumerate(zip(samples["image_path"], samples["label_index"], strict=True)):
         digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
-        if (keep_anomalous and int(label) == 1) or int.from_bytes(digest[:8], "big") < fraction * 2**64:
+        drawn = int.from_bytes(digest[:8], "big") < fraction * 2**64
+        if (keep_anomalous and int(label) == 1) or drawn != complement:
             kept.append(index)
     return kept
 
@@ -224,18 +229,24 @@ def apply_subset(datamodule: Any, subset: dict[str, Any] | None) -> dict[str, in
     """Set the datamodule up once and keep a seeded fraction of its splits (a per-image draw).
 
     ``subset`` maps split names (``train``, ``val``, ``test``) to fractions in (0, 1] plus an
-    optional ``seed``. Every cell gets the same images: the split and the choice are seeded (see
-    :func:`_subset_indices`); labelled anomalies in the training split (few-shot data) are all kept.
-    Returns the number of images per split after the cut.
+    optional ``seed`` and an optional ``complement`` list of splits for which the images the draw
+    leaves out are kept instead (a disjoint set). Every cell gets the same images: the split and the
+    choice are seeded (see :func:`_subset_indices`); labelled anomalies in the training split
+    (few-shot data) are all kept. Returns the number of images per split after the cut.
     """
     from lightning.pytorch.trainer.states import TrainerFn
 
     datamodule.setup(TrainerFn.FITTING)  # marks the datamodule as set up: the trainer keeps the cut
     subset = dict(subset or {})
     seed = int(subset.pop("seed", 0))
-    unknown = sorted(set(subset) - {"train", "val", "test"})
+    complement = set(subset.pop("complement", None) or [])
+    unknown = sorted((set(subset) | complement) - {"train", "val", "test"})
     if unknown:
-        msg = f"benchmark subset keys must be train, val, test or seed; got {unknown}"
+        msg = f"benchmark subset keys must be train, val, test, seed or complement; got {unknown}"
+        raise ValueError(msg)
+    missing = sorted(complement - set(subset))
+    if missing:
+        msg = f"benchmark subset.complement names splits without a fraction: {missing}"
         raise ValueError(msg)
     for split, fraction in subset.items():
         fraction = float(fraction)
@@ -246,7 +257,9 @@ def apply_subset(datamodule: Any, subset: dict[str, Any] | None) -> dict[str, in
         if dataset is None:
             msg = f"benchmark subset.{split}: the datamodule has no {split} split"
             raise ValueError(msg)
-        indices = _subset_indices(dataset.samples, fraction, seed, keep_anomalous=split == "train")
+        indices = _subset_indices(
+            dataset.samples, fraction, seed, keep_anomalous=split == "train", complement=split in complement
+        )
         if not indices:
             msg = f"benchmark subset.{split}={fraction} keeps no image of the {len(dataset)} in that split"
             raise ValueError(msg)

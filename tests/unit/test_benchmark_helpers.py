@@ -33,6 +33,13 @@ def test_subset_is_seeded_identical_across_datamodules_and_keeps_few_shot_anomal
     benchmark.apply_subset(other_seed, {"test": 0.5, "seed": 4})
     assert list(other_seed.test_data.samples.image_path) != list(first.test_data.samples.image_path)
 
+    # the complement is the disjoint rest of the same draw
+    rest = _mvtec(root)
+    benchmark.apply_subset(rest, {**subset, "complement": ["test"]})
+    drawn, left = set(first.test_data.samples.image_path), set(rest.test_data.samples.image_path)
+    assert drawn.isdisjoint(left)
+    assert len(drawn | left) == benchmark.apply_subset(_mvtec(root), {})["test"]  # together: the whole split
+
     few_shot = FewShotAnomalies(datamodule=_mvtec(root), num_anomalies=3, seed=0)
     benchmark.apply_subset(few_shot, subset)
     train = few_shot.train_data.samples
@@ -48,8 +55,10 @@ def test_subset_errors(tmp_path: Path) -> None:
     root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=32)
     with pytest.raises(ValueError, match="fraction in"):
         benchmark.apply_subset(_mvtec(root), {"test": 1.5})
-    with pytest.raises(ValueError, match="train, val, test or seed"):
+    with pytest.raises(ValueError, match="train, val, test, seed or complement"):
         benchmark.apply_subset(_mvtec(root), {"tset": 0.5})
+    with pytest.raises(ValueError, match="without a fraction"):
+        benchmark.apply_subset(_mvtec(root), {"train": 0.5, "complement": ["test"]})
     with pytest.raises(ValueError, match="keeps no image"):
         benchmark.apply_subset(_mvtec(root), {"test": 1e-9})
 
