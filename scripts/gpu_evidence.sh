@@ -6,7 +6,11 @@
 #   .cache/weights/tf_efficientnet_lite0.safetensors   (anomalib-hyperbolic provision-backbone)
 #   .cache/penalty/<folder>/*.png                       (EfficientAD's out-of-distribution penalty images)
 #   .cache/teacher_pdn_s_lite0_elpv.pth                 (CPU-distilled teacher: fallback only)
-#   .whl/*.whl                                          (anomalib and the packages the GPU image lacks)
+#   .whl/*.whl                                          (anomalib and the packages the GPU image lacks:
+#       pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl
+#       anomalib==2.7.0 docstring-parser jsonargparse==4.46.0 kornia==0.9.0 kornia_rs omegaconf rich-argparse
+#       platformdirs; pip wheel --no-deps -w .whl FrEIA==0.2; installed there with
+#       pip install --no-index --no-deps --target /tmp/site .whl/*.whl and PYTHONPATH=/tmp/site)
 # On the GPU machine, from the repository root:  OUT=<folder for results> bash scripts/gpu_evidence.sh
 # Then on the CPU machine, with the cells and weights unpacked into results/benchmark/magnetic_tile_gpu:
 #   anomalib-hyperbolic benchmark --config configs/benchmark/magnetic_tile_gpu.yaml --time-only
