@@ -31,11 +31,9 @@ output=$($PY -c "import yaml,sys; print(yaml.safe_load(open('$CONFIG'))['output'
 teacher=$($PY -c "import yaml,sys; print(yaml.safe_load(open('$CONFIG'))['pdn_teacher'])")
 mkdir -p "$output" "$OUT"
 
-# timm's offline cache for anomalib's PatchCore: the same Lite0 tensors as the local weights file
-snapshot=$HF_HOME/hub/models--timm--tf_efficientnet_lite0.in1k/snapshots/0000000000000000000000000000000000000000
-mkdir -p "$snapshot" "$HF_HOME/hub/models--timm--tf_efficientnet_lite0.in1k/refs"
-cp .cache/weights/tf_efficientnet_lite0.safetensors "$snapshot/model.safetensors"
-printf 0000000000000000000000000000000000000000 >"$HF_HOME/hub/models--timm--tf_efficientnet_lite0.in1k/refs/main"
+# timm's offline cache for anomalib's PatchCore, filled from the local Lite0 weights file
+$PY -m anomalib_hyperbolic.cli provision-backbone --output .cache/weights/tf_efficientnet_lite0.safetensors \
+  --hf-home "$HF_HOME" --no-pip || exit 1
 
 cells() {  # cell names whose model is (yes) or is not (no) a PDN model
   $PY -c "import yaml; pdn = ('EfficientAd', 'HypAD'); names = [m['name'] for m in yaml.safe_load(open('$CONFIG'))['models'] if (m['class_path'].split('.')[-1] in pdn) == ('$1' == 'yes')]; names and print('\n'.join(names))"

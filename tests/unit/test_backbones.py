@@ -88,6 +88,24 @@ def test_provisioned_lite0_matches_package_weights(lite0: backbones.ProvisionedB
     assert lite0.weights_file.stat().st_mtime_ns == mtime
 
 
+def test_hf_cache_is_filled_from_an_existing_weights_file(
+    lite0: backbones.ProvisionedBackbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A machine given only the weights file (no package, no pip) can still provision timm's cache."""
+
+    def no_package(allow_pip: bool) -> Path:
+        raise AssertionError("the package must not be needed when the weights file exists")
+
+    monkeypatch.setattr(backbones, "_lite0_source_file", no_package)
+    result = backbones.provision_efficientnet_lite0(output=lite0.weights_file, hf_home=tmp_path / "hf", allow_pip=False)
+    repo = result.hf_home / "hub" / "models--timm--tf_efficientnet_lite0.in1k"
+    hub_file = repo / "snapshots" / ("0" * 40) / "model.safetensors"
+    written, original = load_file(str(hub_file)), load_file(str(lite0.weights_file))
+    assert sorted(written) == sorted(original)
+    assert all(torch.equal(written[name], original[name]) for name in original)
+    assert (repo / "refs" / "main").read_text() == "0" * 40
+
+
 def test_lite0_is_a_real_imagenet_classifier(lite0: backbones.ProvisionedBackbone) -> None:
     """Real weights: BatchNorm statistics are not the init values, and predictions are not uniform."""
     model = backbones.create_timm_model(lite0.weights_file).eval()
