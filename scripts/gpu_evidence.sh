@@ -89,15 +89,16 @@ nvidia-smi --query-gpu=name,memory.used --format=csv 2>/dev/null
 
 # pack: cells, logs, small weights in one archive; large weight files split into 15 MiB parts
 tar czf "$OUT/cells.tgz" -C "$output" cells $(cd "$output" && ls grid_*.log distill.log 2>/dev/null)
-big=()
-for file in "$output"/weights/*.pt; do
+small=()
+for file in "$output"/weights/*.pt; do   # cell file names are already safe ([A-Za-z0-9_.-])
   [ -f "$file" ] || continue
-  if [ "$(stat -c %s "$file")" -gt 15000000 ]; then big+=("$file"); fi
+  name=$(basename "$file")
+  if [ "$(stat -c %s "$file")" -gt 15000000 ]; then
+    tar cf - -C "$output/weights" "$name" | split -b 15M - "$OUT/weights_${name%.pt}.tar.part-"
+  else
+    small+=("$name")
+  fi
 done
-small=$(cd "$output/weights" 2>/dev/null && ls *.pt 2>/dev/null | grep -vxF -f <(for f in "${big[@]}"; do basename "$f"; done) )
-[ -n "$small" ] && (cd "$output/weights" && tar czf "$OUT/weights_small.tgz" $small)
-for file in "${big[@]}"; do
-  (cd "$output/weights" && tar cf - "$(basename "$file")") | split -b 15M - "$OUT/weights_$(basename "$file" .pt | tr -c 'A-Za-z0-9_.\n-' _).tar.part-"
-done
+if [ "${#small[@]}" -gt 0 ]; then tar czf "$OUT/weights_small.tgz" -C "$output/weights" "${small[@]}"; fi
 ls -la "$OUT"
 echo "total $(( $(date +%s) - started )) s"
