@@ -35,6 +35,7 @@ Config (YAML)::
         data_overrides: {}          # per-cell datamodule arguments (e.g. train_batch_size: 1 for EfficientAd)
         max_time: null              # optional Lightning wall-time cap, "DD:HH:MM:SS" (steps reached are recorded)
         save_weights: null          # per-cell override of save_weights
+        seed: null                  # per-cell override of the training seed (e.g. one cell per seed)
 
 Training on an accelerator and timing on the edge CPU are separate steps: run the grid with
 ``accelerator: gpu``, ``latency: false`` and ``save_weights: true`` where the GPU is (``--parallel N``
@@ -360,6 +361,15 @@ def _weights_file(output: Path, name: str) -> Path:
     return output / "weights" / f"{_cell_file(output, name).stem}.pt"
 
 
+def cell_seed(config: dict[str, Any], spec: dict[str, Any]) -> int:
+    """The cell's training seed: its own ``seed`` or the config's (0 by default).
+
+    Only model initialisation and training randomness follow it; the data split and ``subset`` draw
+    have their own seeds, so cells that differ in ``seed`` see the same images.
+    """
+    return int(spec.get("seed", config.get("seed", 0)))
+
+
 def _prepare(config: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, dict[str, int], Any]:
     """Seed, then the cell's datamodule (set up, subset applied), its split sizes and its model.
 
@@ -368,7 +378,7 @@ def _prepare(config: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, dict[st
     """
     from lightning.pytorch import seed_everything
 
-    seed_everything(int(config.get("seed", 0)), workers=True)
+    seed_everything(cell_seed(config, spec), workers=True)
     data_cfg = config["data"]
     data_args = {**data_cfg.get("init_args", {}), **spec.get("data_overrides", {})}
     datamodule = _import(data_cfg["class_path"])(**data_args)
@@ -423,6 +433,7 @@ def run_cell(
         model.cpu()
         row.update(time_model(config, model, cell_dir / "export"))
     row["split_sizes"] = split_sizes
+    row["seed"] = cell_seed(config, spec)
     row["class_path"] = spec["class_path"]
     row["init_args"] = spec.get("init_args", {})
     return row

@@ -111,3 +111,38 @@ def test_plots_include_the_hypad_curvature_sweep_only_with_hypad_cells(tmp_path:
     ]
     benchmark.plot(rows, tmp_path)
     assert (tmp_path / "hypad_curvature.png").stat().st_size > 0
+
+
+def test_cell_seed_overrides_the_training_seed_but_not_the_images(tmp_path: Path) -> None:
+    """A cell's own ``seed`` changes the model's initialisation; the datamodule's images stay the same."""
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=64)
+    config = {
+        "seed": 0,
+        "image_size": 64,
+        "data": {
+            "class_path": "anomalib.data.MVTecAD",
+            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0},
+        },
+        "subset": {"train": 0.7, "test": 0.7, "seed": 0},
+    }
+    spec = {
+        "name": "SimpleNet",
+        "class_path": "anomalib_hyperbolic.models.SimpleNet",
+        "init_args": {"backbone": "resnet18", "pre_trained": False, "pretrain_embed_dim": 16, "target_embed_dim": 16},
+    }
+    prepared = {seed: benchmark._prepare(config, {**spec, "seed": seed}) for seed in (0, 1)}
+    default = benchmark._prepare(config, spec)  # no cell seed: the config's
+    assert benchmark.cell_seed(config, spec) == 0
+    assert benchmark.cell_seed(config, {**spec, "seed": 1}) == 1
+
+    def weights(model):
+        return model.model.adaptor.weight
+
+    assert torch.equal(weights(default[2]), weights(prepared[0][2]))
+    assert not torch.equal(weights(prepared[0][2]), weights(prepared[1][2]))
+
+    def images(datamodule):
+        return sorted(datamodule.train_data.samples.image_path) + sorted(datamodule.test_data.samples.image_path)
+
+    assert prepared[0][1] == prepared[1][1]
+    assert images(prepared[0][0]) == images(prepared[1][0])

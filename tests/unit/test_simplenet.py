@@ -268,11 +268,19 @@ def _run_openvino(model_or_path, images):
     return result[0], result[1]
 
 
-@pytest.mark.parametrize("distance", ["euclidean", "poincare"])
-def test_onnx_export_matches_torch(tmp_path, distance):
+def _fitted(model: SimpleNetModel) -> SimpleNetModel:
+    """Fit the standardisation statistics (when enabled) on shifted, scaled random images."""
+    if model.feature_standardization:
+        torch.manual_seed(1)
+        model.fit_feature_statistics(torch.randn(2, 3, 64, 64) * 2 + 1 for _ in range(2))
+    return model.eval()
+
+
+@pytest.mark.parametrize(("distance", "standardize"), [("euclidean", False), ("poincare", False), ("euclidean", True)])
+def test_onnx_export_matches_torch(tmp_path, distance, standardize):
     """Dynamo ONNX export; the ONNX file is run with OpenVINO (no onnxruntime in the environment)."""
     pytest.importorskip("openvino")
-    model = tiny_model(distance=distance).eval()
+    model = _fitted(tiny_model(distance=distance, feature_standardization=standardize))
     images = torch.randn(1, 3, 64, 64)
     path = tmp_path / "simplenet.onnx"
     torch.onnx.export(_Outputs(model), (images,), str(path), input_names=["image"], dynamo=True)
@@ -284,17 +292,101 @@ def test_onnx_export_matches_torch(tmp_path, distance):
 
 
 @pytest.mark.parametrize(
-    ("distance", "discriminator_input"), [("euclidean", "logmap"), ("poincare", "logmap"), ("poincare", "distance")]
+    ("distance", "discriminator_input", "standardize"),
+    [
+        ("euclidean", "logmap", False),
+        ("poincare", "logmap", False),
+        ("poincare", "distance", False),
+        ("poincare", "logmap", True),
+    ],
 )
-def test_openvino_export_matches_torch(distance, discriminator_input):
+def test_openvino_export_matches_torch(distance, discriminator_input, standardize):
     pytest.importorskip("openvino")
-    model = tiny_model(distance=distance, discriminator_input=discriminator_input).eval()
+    model = tiny_model(distance=distance, discriminator_input=discriminator_input, feature_standardization=standardize)
+    model = _fitted(model)
     images = torch.randn(1, 3, 64, 64)
     score, amap = _run_openvino(_Outputs(model), images)
     with torch.no_grad():
         ref = model(images)
     np.testing.assert_allclose(score, ref.pred_score.numpy(), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(amap, ref.anomaly_map.numpy(), atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------- feature standardisation
+def test_feature_standardization_buffers_only_when_enabled():
+    buffers = {"feature_mean", "feature_std", "feature_statistics_fitted"}
+    assert not buffers & set(tiny_model().state_dict())
+    assert buffers <= set(tiny_model(feature_standardization=True).state_dict())
+
+
+def test_fitted_statistics_standardise_the_fitting_features():
+    """After fitting, every channel of ``o`` over the fitting images has mean 0 and std 1."""
+    model = tiny_model(feature_standardization=True).eval()
+    torch.manual_seed(0)
+    batches = [torch.randn(3, 3, 64, 64) * 3 + 2 for _ in range(3)]
+    model.fit_feature_statistics(iter(batches))
+    assert bool(model.feature_statistics_fitted)
+    with torch.no_grad():
+        raw = model.feature_extractor(torch.cat(batches)).permute(0, 2, 3, 1).reshape(-1, 32)
+        standardized = model.extracted_features(torch.cat(batches)).reshape(-1, 32)
+    assert not torch.allclose(raw.mean(0), torch.zeros(32), atol=1e-2)  # the test means something
+    torch.testing.assert_close(standardized.mean(0), torch.zeros(32), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardized.std(0, unbiased=False), torch.ones(32), atol=1e-3, rtol=0)
+
+
+def test_constant_channel_std_is_floored():
+    """A channel that never varies gets a floored std, not a division by zero."""
+    model = tiny_model(feature_standardization=True).eval()
+    with torch.no_grad():
+        model.fit_feature_statistics([torch.zeros(2, 3, 64, 64)])  # random-init BN: constant features
+        out = model(torch.randn(1, 3, 64, 64))
+    assert (model.feature_std > 0).all()
+    assert torch.isfinite(out.anomaly_map).all()
+
+
+def test_fit_feature_statistics_errors():
+    with pytest.raises(ValueError, match="no images"):
+        tiny_model(feature_standardization=True).fit_feature_statistics([])
+    with pytest.raises(RuntimeError, match="feature_standardization=True"):
+        tiny_model().fit_feature_statistics([torch.zeros(1, 3, 64, 64)])
+
+
+def test_lightning_fit_fits_the_statistics_once(tmp_path):
+    """``Engine.fit`` fits the statistics on the pre-processed training images; a second fit keeps them."""
+    from anomalib.data import MVTecAD
+    from anomalib.engine import Engine
+
+    from anomalib_hyperbolic.testing import make_mvtec_like_dataset
+
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=64)
+    datamodule = MVTecAD(root=root, category="synthetic", train_batch_size=2, eval_batch_size=2, num_workers=0)
+    module = SimpleNet(**TINY, feature_standardization=True)
+    engine = Engine(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        default_root_dir=tmp_path / "run",
+        enable_progress_bar=False,
+    )
+    engine.fit(model=module, datamodule=datamodule)
+    model = module.model
+    assert bool(model.feature_statistics_fitted)
+    images = torch.cat([module.pre_processor.transform(batch.image) for batch in datamodule.train_dataloader()])
+    with torch.no_grad():
+        standardized = model.extracted_features(images).reshape(-1, 32)
+    torch.testing.assert_close(standardized.mean(0), torch.zeros(32), atol=1e-3, rtol=0)
+    fitted = model.feature_mean.clone()
+    model.feature_mean.add_(1.0)  # a second fit must not overwrite fitted (e.g. loaded) statistics
+    Engine(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        default_root_dir=tmp_path / "run2",
+        enable_progress_bar=False,
+    ).fit(model=module, datamodule=datamodule)
+    torch.testing.assert_close(model.feature_mean, fitted + 1.0)
 
 
 # --------------------------------------------------------------------------------------------- fit

@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -54,6 +54,9 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         noise_std: ``sigma`` of the Gaussian noise (eq. 6). Default 0.015.
         relative_noise: Multiply ``sigma`` by each feature's RMS entry (for backbones whose feature
             scale differs from WideResNet-50's). Default ``False`` (paper).
+        feature_standardization: Standardise the features per channel with training-set statistics
+            (computed once at the start of training) before the adaptor, so ``sigma`` is in units of
+            each channel's spread. Default ``False`` (paper).
         discriminator_hidden: Hidden width of the discriminator. Default 1024.
         negative_slope: LeakyReLU slope. Default 0.2.
         th_pos: ``th^+`` of eq. (7). Default 0.5.
@@ -83,6 +86,7 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         adaptor_bias: bool = False,
         noise_std: float = 0.015,
         relative_noise: bool = False,
+        feature_standardization: bool = False,
         discriminator_hidden: int = 1024,
         negative_slope: float = 0.2,
         th_pos: float = 0.5,
@@ -124,6 +128,7 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
             adaptor_bias=adaptor_bias,
             noise_std=noise_std,
             relative_noise=relative_noise,
+            feature_standardization=feature_standardization,
             discriminator_hidden=discriminator_hidden,
             negative_slope=negative_slope,
             blur_sigma=blur_sigma,
@@ -136,6 +141,26 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         self.adaptor_lr = adaptor_lr
         self.discriminator_lr = discriminator_lr
         self.weight_decay = weight_decay
+
+    def on_train_start(self) -> None:
+        """With ``feature_standardization``: fit the feature statistics on the training set, once.
+
+        Skipped when they are already fitted (a resumed or loaded checkpoint holds them).
+        """
+        model = self.model
+        if not model.feature_standardization or bool(model.feature_statistics_fitted):
+            return
+        transform = self.pre_processor.transform if isinstance(self.pre_processor, PreProcessor) else None
+
+        def image_batches() -> Iterator[torch.Tensor]:
+            for batch in self.trainer.datamodule.train_dataloader():
+                images = batch.image.to(self.device)
+                yield transform(images) if transform is not None else images
+
+        was_training = model.training
+        model.eval()
+        model.fit_feature_statistics(image_batches())
+        model.train(was_training)
 
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """One step of eqs. (5)-(8): adapt, add noise, discriminate, truncated L1 loss."""

@@ -7,7 +7,9 @@ Pipeline (paper section 3, equation numbers in comments):
    levels bilinearly resized to the largest level's grid and merged by a second adaptive
    average pooling to ``target_embed_dim`` channels (the official code's "preprocessing" and
    "pre-adapt aggregator" steps).
-2. Feature adaptor ``G_theta`` (eq. 5): one bias-free linear layer, equal in/out dims.
+2. Feature adaptor ``G_theta`` (eq. 5): one bias-free linear layer, equal in/out dims. Optionally
+   (``feature_standardization``, beyond the paper) the features are first standardised per channel
+   with training-set statistics, so that ``sigma`` is in units of each channel's spread.
 3. Anomalous feature generator (eq. 6, training only): ``q- = q + eps``, ``eps ~ N(0, sigma^2 I)``.
 4. Discriminator ``D_psi``: ``Linear -> BatchNorm1d -> LeakyReLU(0.2) -> Linear``; normality per location.
 5. Inference: ``s = -D(q)`` (eq. 9), the map upsampled to the input size and Gaussian-blurred
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -225,6 +227,10 @@ class SimpleNetModel(nn.Module):
         relative_noise: Scale ``sigma`` by each feature's root-mean-square entry (detached), so the
             noise level follows the backbone's feature scale. Paper: ``False`` (absolute ``sigma``,
             tuned for WideResNet-50 features).
+        feature_standardization: Standardise ``o`` per channel with the training set's mean and
+            standard deviation (:meth:`fit_feature_statistics`) before the adaptor. The isotropic
+            noise of eq. (6) then has the same size relative to every channel's spread, whatever
+            the backbone. Paper: ``False``.
         discriminator_hidden: Hidden width of ``D_psi``. Official code: 1024.
         negative_slope: LeakyReLU slope of ``D_psi``. Paper: 0.2.
         blur_sigma: Gaussian blur of the anomaly map (section 3.6). Paper: 4.
@@ -247,6 +253,7 @@ class SimpleNetModel(nn.Module):
         adaptor_bias: bool = False,
         noise_std: float = 0.015,
         relative_noise: bool = False,
+        feature_standardization: bool = False,
         discriminator_hidden: int = 1024,
         negative_slope: float = 0.2,
         blur_sigma: float = 4.0,
@@ -278,6 +285,11 @@ class SimpleNetModel(nn.Module):
         self.feature_extractor = SimpleNetFeatureExtractor(
             backbone, layers, pre_trained, patch_size, pretrain_embed_dim, target_embed_dim
         )
+        self.feature_standardization = feature_standardization
+        if feature_standardization:  # registered only when used: the paper model's state dict is unchanged
+            self.register_buffer("feature_mean", torch.zeros(target_embed_dim))
+            self.register_buffer("feature_std", torch.ones(target_embed_dim))
+            self.register_buffer("feature_statistics_fitted", torch.tensor(False))
         # SimpleNet eq. (5): one fully connected layer, equal in/out dims, no bias.
         self.adaptor = nn.Linear(target_embed_dim, target_embed_dim, bias=adaptor_bias)
         self.adaptor.apply(_init_linear)
@@ -293,10 +305,47 @@ class SimpleNetModel(nn.Module):
         self.blur = GaussianBlur2d(kernel_size=(kernel_size, kernel_size), sigma=(blur_sigma, blur_sigma), channels=1)
 
     # ----------------------------------------------------------------------------------------
+    def extracted_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Features ``o`` as ``(B, H0, W0, C)`` (eq. 4), standardised when ``feature_standardization``."""
+        features = self.feature_extractor(images).permute(0, 2, 3, 1)
+        if self.feature_standardization:
+            features = (features - self.feature_mean) / self.feature_std
+        return features
+
     def adapted_features(self, images: torch.Tensor) -> torch.Tensor:
         """Adapted features ``q`` as ``(B, H0, W0, C)``: eqs. (4)-(5)."""
-        features = self.feature_extractor(images).permute(0, 2, 3, 1)
-        return self.adaptor(features)
+        return self.adaptor(self.extracted_features(images))
+
+    @torch.no_grad()
+    def fit_feature_statistics(self, image_batches: Iterable[torch.Tensor]) -> None:
+        """Per-channel mean and standard deviation of ``o`` over every location of ``image_batches``.
+
+        Sums are accumulated in float64. A channel's standard deviation is floored at 1e-3 of the
+        mean standard deviation, so a (nearly) constant channel cannot blow up after division.
+
+        Raises:
+            RuntimeError: without ``feature_standardization``.
+            ValueError: when ``image_batches`` is empty.
+        """
+        if not self.feature_standardization:
+            msg = "fit_feature_statistics needs SimpleNetModel(feature_standardization=True)."
+            raise RuntimeError(msg)
+        total, total_sq, count = None, None, 0
+        for images in image_batches:
+            features = self.feature_extractor(images).permute(0, 2, 3, 1).reshape(-1, self.feature_mean.numel())
+            features = features.double()
+            total = features.sum(0) if total is None else total + features.sum(0)
+            total_sq = features.pow(2).sum(0) if total_sq is None else total_sq + features.pow(2).sum(0)
+            count += features.shape[0]
+        if total is None or total_sq is None:
+            msg = "Cannot fit SimpleNet's feature statistics: the training data yielded no images."
+            raise ValueError(msg)
+        mean = total / count
+        std = (total_sq / count - mean.pow(2)).clamp_min(0).sqrt()
+        std = std.clamp_min(1e-3 * float(std.mean()) + 1e-12)
+        self.feature_mean.copy_(mean.to(self.feature_mean))
+        self.feature_std.copy_(std.to(self.feature_std))
+        self.feature_statistics_fitted.fill_(True)
 
     def to_manifold(self, adapted: torch.Tensor) -> torch.Tensor:
         """Points the generator and discriminator work with: ``q`` itself, or ``exp_0(q)`` on the ball."""
