@@ -569,8 +569,41 @@ def _format(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and (population) standard deviation of every metric over cells that differ only in ``seed``.
+
+    Cells are grouped by class, init arguments and training limits; the group's name is its first
+    cell's name without a trailing seed tag (``" s1"``). Returns one entry per group, in first-seen
+    order, with ``seeds`` and ``<metric>_mean`` / ``<metric>_std``.
+    """
+    import re
+
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        limits = [row.get(key) for key in ("max_epochs", "max_steps", "max_time")]
+        key = json.dumps([row.get("class_path"), row.get("init_args", {}), limits], sort_keys=True, default=str)
+        groups.setdefault(key, []).append(row)
+    summary = []
+    for members in groups.values():
+        entry: dict[str, Any] = {
+            "name": re.sub(r"\s+s\d+$", "", members[0]["name"]),
+            "seeds": [member.get("seed") for member in members],
+        }
+        for metric in METRIC_COLUMNS:
+            values = [float(member[metric]) for member in members if metric in member]
+            if values:
+                entry[f"{metric}_mean"] = statistics.fmean(values)
+                entry[f"{metric}_std"] = statistics.pstdev(values)
+        summary.append(entry)
+    return summary
+
+
 def write_tables(rows: list[dict[str, Any]], output: Path) -> None:
-    """``results.csv`` and ``results.md`` with one row per cell."""
+    """``results.csv`` and ``results.md`` with one row per cell, and ``summary.md`` over seeds.
+
+    ``summary.md`` (mean +- std per configuration, see :func:`seed_summary`) is written only when
+    some configuration ran with more than one seed.
+    """
     with (output / "results.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -579,6 +612,18 @@ def write_tables(rows: list[dict[str, Any]], output: Path) -> None:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_format(row.get(key)) for key in COLUMNS) + " |" for row in rows]
     (output / "results.md").write_text("\n".join(lines) + "\n")
+    summary = seed_summary(rows)
+    if any(len(entry["seeds"]) > 1 for entry in summary):
+        header = ["name", "seeds", *METRIC_COLUMNS]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for entry in summary:
+            cells = [entry["name"], ", ".join(str(seed) for seed in entry["seeds"])]
+            cells += [
+                f"{entry[f'{metric}_mean']:.3f} ± {entry[f'{metric}_std']:.3f}" if f"{metric}_mean" in entry else ""
+                for metric in METRIC_COLUMNS
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        (output / "summary.md").write_text("\n".join(lines) + "\n")
 
 
 def plot(rows: list[dict[str, Any]], output: Path) -> None:

@@ -146,3 +146,27 @@ def test_cell_seed_overrides_the_training_seed_but_not_the_images(tmp_path: Path
 
     assert prepared[0][1] == prepared[1][1]
     assert images(prepared[0][0]) == images(prepared[1][0])
+
+
+def test_seed_summary_groups_cells_that_differ_only_in_seed(tmp_path: Path) -> None:
+    base = {"class_path": "m.A", "init_args": {"x": 1}, "max_epochs": 8, "max_steps": -1}
+    rows = [
+        {**base, "name": "A s0", "seed": 0, "pixel_AUPRO": 0.5, "image_AUROC": 0.7},
+        {**base, "name": "A s1", "seed": 1, "pixel_AUPRO": 0.7, "image_AUROC": 0.9},
+        {**base, "name": "A longer s0", "seed": 0, "max_epochs": 16, "pixel_AUPRO": 0.1},
+        {**base, "name": "B", "seed": 0, "init_args": {"x": 2}, "pixel_AUPRO": 0.3},
+    ]
+    summary = benchmark.seed_summary(rows)
+    assert [entry["name"] for entry in summary] == ["A", "A longer", "B"]
+    assert summary[0]["seeds"] == [0, 1]
+    assert summary[0]["pixel_AUPRO_mean"] == pytest.approx(0.6)
+    assert summary[0]["pixel_AUPRO_std"] == pytest.approx(0.1)
+    assert summary[0]["image_AUROC_mean"] == pytest.approx(0.8)
+    assert "image_AUROC_mean" not in summary[2]
+    benchmark.write_tables(rows, tmp_path)
+    table = (tmp_path / "summary.md").read_text()
+    assert "| A | 0, 1 | 0.800 ± 0.100 |" in table
+    single = tmp_path / "single"
+    single.mkdir()
+    benchmark.write_tables(rows[2:], single)  # no configuration with two seeds: no summary
+    assert not (single / "summary.md").exists()
