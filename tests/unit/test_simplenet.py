@@ -352,7 +352,10 @@ def test_fit_feature_statistics_errors():
 
 
 def test_lightning_fit_fits_the_statistics_once(tmp_path):
-    """``Engine.fit`` fits the statistics on the pre-processed training images; a second fit keeps them."""
+    """``Engine.fit`` fits the statistics on the pre-processed training images; a second fit keeps them.
+
+    Synthetic anomalies are switched on too: every training step must synthesise them.
+    """
     from anomalib.data import MVTecAD
     from anomalib.engine import Engine
 
@@ -360,7 +363,10 @@ def test_lightning_fit_fits_the_statistics_once(tmp_path):
 
     root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=64)
     datamodule = MVTecAD(root=root, category="synthetic", train_batch_size=2, eval_batch_size=2, num_workers=0)
-    module = SimpleNet(**TINY, feature_standardization=True)
+    module = SimpleNet(**TINY, feature_standardization=True, synthetic_anomalies=True)
+    calls = []
+    synthesize = module.synthesize_anomalies
+    module.synthesize_anomalies = lambda images: calls.append(len(images)) or synthesize(images)
     engine = Engine(
         max_epochs=1,
         accelerator="cpu",
@@ -371,6 +377,7 @@ def test_lightning_fit_fits_the_statistics_once(tmp_path):
     )
     engine.fit(model=module, datamodule=datamodule)
     model = module.model
+    assert calls == [2, 2]  # two training batches of two images
     assert bool(model.feature_statistics_fitted)
     images = torch.cat([module.pre_processor.transform(batch.image) for batch in datamodule.train_dataloader()])
     with torch.no_grad():
@@ -387,6 +394,44 @@ def test_lightning_fit_fits_the_statistics_once(tmp_path):
         enable_progress_bar=False,
     ).fit(model=module, datamodule=datamodule)
     torch.testing.assert_close(model.feature_mean, fitted + 1.0)
+
+
+# ------------------------------------------------------------------------------ synthetic anomalies
+def test_training_scores_add_the_features_under_the_synthetic_masks():
+    model = tiny_model().train()
+    images = torch.randn(2, 3, 64, 64)
+    masks = torch.zeros(2, 1, 64, 64)
+    normal, anomalous = model.training_scores(images, images.clone(), masks)
+    assert normal.shape == anomalous.shape == (2 * 8 * 8,)  # no mask: eq. (6) noise only
+    masks[0, :, :16, :] = 1  # the first two rows of the 8 x 8 grid of image 0
+    masks[1, :, :, :3] = 1  # covers 3/8 of the first grid column: less than half, not taken
+    normal, anomalous = model.training_scores(images, images.clone(), masks)
+    assert anomalous.shape == (2 * 8 * 8 + 2 * 8,)
+    with pytest.raises(ValueError, match="mask"):
+        model.training_scores(images, images.clone(), None)
+
+
+def test_synthesized_anomalies_change_only_the_masked_pixels():
+    """The generator sees [0, 1] pixels: the pre-processor's Normalize is undone and redone exactly."""
+    torch.manual_seed(0)
+    module = SimpleNet(**TINY, synthetic_anomalies=True)
+    raw = torch.rand(3, 3, 64, 64)
+    images = module.pre_processor.transform(raw)
+    synthetic, masks = module.synthesize_anomalies(images)
+    assert synthetic.shape == images.shape
+    assert masks.shape == (3, 1, *images.shape[-2:])  # the pre-processor resized to 256
+    assert set(masks.unique().tolist()) <= {0.0, 1.0}
+    assert masks.sum() > 0
+    outside = (masks == 0).expand_as(images)
+    torch.testing.assert_close(synthetic[outside], images[outside], atol=1e-5, rtol=0)
+    assert not torch.allclose(synthetic[~outside], images[~outside])
+
+
+def test_synthetic_anomaly_errors(tmp_path):
+    with pytest.raises(RuntimeError, match="synthetic_anomalies=True"):
+        SimpleNet(**TINY).synthesize_anomalies(torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="synthetic_anomaly_source"):
+        SimpleNet(**TINY, synthetic_anomalies=True, synthetic_anomaly_source=tmp_path / "missing")
 
 
 # --------------------------------------------------------------------------------------------- fit

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
+from anomalib.data.transforms.utils import extract_transforms_by_type
+from anomalib.data.utils.generators import PerlinAnomalyGenerator
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -57,6 +60,12 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         feature_standardization: Standardise the features per channel with training-set statistics
             (computed once at the start of training) before the adaptor, so ``sigma`` is in units of
             each channel's spread. Default ``False`` (paper).
+        synthetic_anomalies: Beyond the paper: every training step also gives the discriminator, as
+            anomalous features, the features under synthetic defects pasted on a copy of each batch
+            image (anomalib's ``PerlinAnomalyGenerator``, DRAEM-style Perlin masks). Default
+            ``False`` (paper: Gaussian feature noise only).
+        synthetic_anomaly_source: Folder of texture images for the synthetic defects (e.g. DTD, as
+            DRAEM); ``None`` uses the generator's own random patterns.
         discriminator_hidden: Hidden width of the discriminator. Default 1024.
         negative_slope: LeakyReLU slope. Default 0.2.
         th_pos: ``th^+`` of eq. (7). Default 0.5.
@@ -87,6 +96,8 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         noise_std: float = 0.015,
         relative_noise: bool = False,
         feature_standardization: bool = False,
+        synthetic_anomalies: bool = False,
+        synthetic_anomaly_source: str | os.PathLike | None = None,
         discriminator_hidden: int = 1024,
         negative_slope: float = 0.2,
         th_pos: float = 0.5,
@@ -138,6 +149,18 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
             discriminator_input=discriminator_input,
         )
         self.loss = TruncatedL1Loss(th_pos=th_pos, th_neg=th_neg)
+        self.synthetic_anomalies = synthetic_anomalies
+        if synthetic_anomaly_source is not None and not Path(synthetic_anomaly_source).is_dir():
+            msg = f"`synthetic_anomaly_source` must be a folder of images, got {str(synthetic_anomaly_source)!r}."
+            raise ValueError(msg)
+        self.anomaly_generator = (
+            PerlinAnomalyGenerator(
+                anomaly_source_path=None if synthetic_anomaly_source is None else str(synthetic_anomaly_source),
+                probability=1.0,
+            )
+            if synthetic_anomalies
+            else None
+        )
         self.adaptor_lr = adaptor_lr
         self.discriminator_lr = discriminator_lr
         self.weight_decay = weight_decay
@@ -165,10 +188,34 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """One step of eqs. (5)-(8): adapt, add noise, discriminate, truncated L1 loss."""
         del args, kwargs
-        normal_scores, anomalous_scores = self.model(batch.image)
+        if self.anomaly_generator is None:
+            normal_scores, anomalous_scores = self.model(batch.image)
+        else:
+            synthetic_images, synthetic_masks = self.synthesize_anomalies(batch.image)
+            normal_scores, anomalous_scores = self.model.training_scores(batch.image, synthetic_images, synthetic_masks)
         loss = self.loss(normal_scores, anomalous_scores)
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, logger=True)
         return {"loss": loss}
+
+    def synthesize_anomalies(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A copy of each pre-processed image with a synthetic defect, and the ``(B, 1, H, W)`` defect masks.
+
+        The generator works on ``[0, 1]`` pixels: a ``Normalize`` of the pre-processor is undone
+        before and redone after.
+        """
+        if self.anomaly_generator is None:
+            msg = "synthesize_anomalies needs SimpleNet(synthetic_anomalies=True)."
+            raise RuntimeError(msg)
+        normalize = None
+        if isinstance(self.pre_processor, PreProcessor) and self.pre_processor.transform is not None:
+            found = extract_transforms_by_type(self.pre_processor.transform, Normalize)
+            normalize = found[0] if found else None
+        if normalize is None:
+            return self.anomaly_generator(images)
+        mean = torch.as_tensor(normalize.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(normalize.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        synthetic, masks = self.anomaly_generator((images * std + mean).clamp(0, 1))
+        return (synthetic - mean) / std, masks
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """Anomaly maps and scores (eqs. 9-11) for the validation batch."""

@@ -382,17 +382,47 @@ class SimpleNetModel(nn.Module):
             flat = logmap0(flat, self.curvature)
         return self.discriminator(flat).reshape(shape)
 
-    def forward(self, images: torch.Tensor) -> InferenceBatch | tuple[torch.Tensor, torch.Tensor]:
-        """Training: ``(D(q), D(q-))`` per location, each ``(B, H0, W0)``. Eval: scores and maps.
+    def training_scores(
+        self,
+        images: torch.Tensor,
+        synthetic_images: torch.Tensor | None = None,
+        synthetic_masks: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``D`` of the normal features and of the anomalous ones, flattened to ``(N,)`` and ``(M,)``.
 
-        In training both normal and anomalous features go through the discriminator in one batch
-        (as in the official code, so batch-norm statistics cover both).
+        The anomalous features are the Gaussian ones of eq. (6) and, when ``synthetic_images`` (images
+        with synthetic defects, beyond the paper) and their ``(B, 1, H, W)`` masks are given, the
+        features of every grid location whose cell the mask covers by more than half.
         """
         points = self.to_manifold(self.adapted_features(images))
+        synthetic = None
+        if synthetic_images is not None:
+            if synthetic_masks is None or synthetic_masks.shape[0] != synthetic_images.shape[0]:
+                msg = "synthetic_images need one (1, H, W) mask each (synthetic_masks)."
+                raise ValueError(msg)
+            synthetic_points = self.to_manifold(self.adapted_features(synthetic_images))
+            coverage = F.adaptive_avg_pool2d(synthetic_masks.float(), synthetic_points.shape[1:3])[:, 0]
+            synthetic = synthetic_points[coverage > 0.5]
+        return self._discriminate_training(points.flatten(0, -2), synthetic)
+
+    def _discriminate_training(
+        self, normal: torch.Tensor, synthetic: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(D(normal), D(anomalous))`` for ``(N, C)`` normal points: eq. (6) noise plus ``synthetic`` ones.
+
+        All points go through the discriminator in one batch (as in the official code, so batch-norm
+        statistics cover normal and anomalous features alike).
+        """
+        anomalous = [self.generate_anomalous(normal)] + ([synthetic] if synthetic is not None else [])
+        scores = self.discriminate(torch.cat([normal, *anomalous]))
+        return scores[: normal.shape[0]], scores[normal.shape[0] :]
+
+    def forward(self, images: torch.Tensor) -> InferenceBatch | tuple[torch.Tensor, torch.Tensor]:
+        """Training: ``(D(q), D(q-))`` per location, each ``(B, H0, W0)``. Eval: scores and maps."""
+        points = self.to_manifold(self.adapted_features(images))
         if self.training:
-            anomalous = self.generate_anomalous(points)
-            scores = self.discriminate(torch.cat([points, anomalous]))
-            return scores[: points.shape[0]], scores[points.shape[0] :]
+            normal, anomalous = self._discriminate_training(points.flatten(0, -2))
+            return normal.view(points.shape[:-1]), anomalous.view(points.shape[:-1])
         # SimpleNet eq. (9): anomaly score is the negated normality; eq. (10): the map over the grid.
         patch_scores = -self.discriminate(points).unsqueeze(1)  # (B, 1, H0, W0)
         anomaly_map = F.interpolate(patch_scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
