@@ -363,7 +363,7 @@ def test_lightning_fit_fits_the_statistics_once(tmp_path):
 
     root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=64)
     datamodule = MVTecAD(root=root, category="synthetic", train_batch_size=2, eval_batch_size=2, num_workers=0)
-    module = SimpleNet(**TINY, feature_standardization=True, synthetic_anomalies=True)
+    module = SimpleNet(**TINY, feature_standardization=True, synthetic_anomalies=True, synthetic_copies=2)
     calls = []
     synthesize = module.synthesize_anomalies
     module.synthesize_anomalies = lambda images: calls.append(len(images)) or synthesize(images)
@@ -377,7 +377,7 @@ def test_lightning_fit_fits_the_statistics_once(tmp_path):
     )
     engine.fit(model=module, datamodule=datamodule)
     model = module.model
-    assert calls == [2, 2]  # two training batches of two images
+    assert calls == [4, 4]  # two training batches of two images, two defective copies each
     assert bool(model.feature_statistics_fitted)
     images = torch.cat([module.pre_processor.transform(batch.image) for batch in datamodule.train_dataloader()])
     with torch.no_grad():
@@ -430,6 +430,8 @@ def test_synthesized_anomalies_change_only_the_masked_pixels():
 def test_synthetic_anomaly_errors(tmp_path):
     with pytest.raises(RuntimeError, match="synthetic_anomalies=True"):
         SimpleNet(**TINY).synthesize_anomalies(torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="synthetic_copies"):
+        SimpleNet(**TINY, synthetic_anomalies=True, synthetic_copies=0)
     with pytest.raises(ValueError, match="synthetic_anomaly_source"):
         SimpleNet(**TINY, synthetic_anomalies=True, synthetic_anomaly_source=tmp_path / "missing")
 

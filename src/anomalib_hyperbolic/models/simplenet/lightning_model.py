@@ -66,6 +66,7 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
             ``False`` (paper: Gaussian feature noise only).
         synthetic_anomaly_source: Folder of texture images for the synthetic defects (e.g. DTD, as
             DRAEM); ``None`` uses the generator's own random patterns.
+        synthetic_copies: Defective copies made of each batch image per step. Default 1.
         discriminator_hidden: Hidden width of the discriminator. Default 1024.
         negative_slope: LeakyReLU slope. Default 0.2.
         th_pos: ``th^+`` of eq. (7). Default 0.5.
@@ -98,6 +99,7 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         feature_standardization: bool = False,
         synthetic_anomalies: bool = False,
         synthetic_anomaly_source: str | os.PathLike | None = None,
+        synthetic_copies: int = 1,
         discriminator_hidden: int = 1024,
         negative_slope: float = 0.2,
         th_pos: float = 0.5,
@@ -150,6 +152,10 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         )
         self.loss = TruncatedL1Loss(th_pos=th_pos, th_neg=th_neg)
         self.synthetic_anomalies = synthetic_anomalies
+        if not isinstance(synthetic_copies, int) or synthetic_copies < 1:
+            msg = f"`synthetic_copies` must be a positive integer, got {synthetic_copies!r}."
+            raise ValueError(msg)
+        self.synthetic_copies = synthetic_copies
         if synthetic_anomaly_source is not None and not Path(synthetic_anomaly_source).is_dir():
             msg = f"`synthetic_anomaly_source` must be a folder of images, got {str(synthetic_anomaly_source)!r}."
             raise ValueError(msg)
@@ -191,7 +197,8 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         if self.anomaly_generator is None:
             normal_scores, anomalous_scores = self.model(batch.image)
         else:
-            synthetic_images, synthetic_masks = self.synthesize_anomalies(batch.image)
+            copies = batch.image.repeat(self.synthetic_copies, 1, 1, 1)
+            synthetic_images, synthetic_masks = self.synthesize_anomalies(copies)
             normal_scores, anomalous_scores = self.model.training_scores(batch.image, synthetic_images, synthetic_masks)
         loss = self.loss(normal_scores, anomalous_scores)
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, logger=True)
