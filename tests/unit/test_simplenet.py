@@ -394,6 +394,20 @@ def test_lightning_fit_fits_the_statistics_once(tmp_path):
         enable_progress_bar=False,
     ).fit(model=module, datamodule=datamodule)
     torch.testing.assert_close(model.feature_mean, fitted + 1.0)
+    # without a datamodule the statistics come from the trainer's training dataloader
+    plain = SimpleNet(**TINY, feature_standardization=True)
+    Engine(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        default_root_dir=tmp_path / "run3",
+        enable_progress_bar=False,
+    ).fit(model=plain, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader())
+    assert bool(plain.model.feature_statistics_fitted)
+    with torch.no_grad():
+        standardized = plain.model.extracted_features(images).reshape(-1, 32)
+    torch.testing.assert_close(standardized.mean(0), torch.zeros(32), atol=1e-3, rtol=0)
 
 
 # ------------------------------------------------------------------------------ synthetic anomalies

@@ -61,8 +61,9 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
             (computed once at the start of training) before the adaptor, so ``sigma`` is in units of
             each channel's spread. Default ``False`` (paper).
         synthetic_anomalies: Beyond the paper: every training step also gives the discriminator, as
-            anomalous features, the features under synthetic defects pasted on a copy of each batch
-            image (anomalib's ``PerlinAnomalyGenerator``, DRAEM-style Perlin masks). Default
+            anomalous features, the features under synthetic defects pasted on ``synthetic_copies``
+            copies of each batch image (anomalib's ``PerlinAnomalyGenerator``, DRAEM-style Perlin
+            masks). Default
             ``False`` (paper: Gaussian feature noise only).
         synthetic_anomaly_source: Folder of texture images for the synthetic defects (e.g. DTD, as
             DRAEM); ``None`` uses the generator's own random patterns.
@@ -181,8 +182,11 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
             return
         transform = self.pre_processor.transform if isinstance(self.pre_processor, PreProcessor) else None
 
+        datamodule = getattr(self.trainer, "datamodule", None)
+        loader = datamodule.train_dataloader() if datamodule is not None else self.trainer.train_dataloader
+
         def image_batches() -> Iterator[torch.Tensor]:
-            for batch in self.trainer.datamodule.train_dataloader():
+            for batch in loader:
                 images = batch.image.to(self.device)
                 yield transform(images) if transform is not None else images
 
