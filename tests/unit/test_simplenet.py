@@ -351,13 +351,27 @@ def test_fit_feature_statistics_errors():
         tiny_model().fit_feature_statistics([torch.zeros(1, 3, 64, 64)])
 
 
+def _quiet_engine(root) -> object:
+    from anomalib.engine import Engine
+
+    return Engine(
+        max_epochs=1, accelerator="cpu", devices=1, logger=False, default_root_dir=root, enable_progress_bar=False
+    )
+
+
+def _assert_standardised(model: SimpleNetModel, images: torch.Tensor) -> None:
+    """Every channel of the standardised features of ``images`` has mean 0."""
+    with torch.no_grad():
+        standardized = model.extracted_features(images).reshape(-1, model.feature_mean.numel())
+    torch.testing.assert_close(standardized.mean(0), torch.zeros_like(standardized[0]), atol=1e-3, rtol=0)
+
+
 def test_lightning_fit_fits_the_statistics_once(tmp_path):
     """``Engine.fit`` fits the statistics on the pre-processed training images; a second fit keeps them.
 
     Synthetic anomalies are switched on too: every training step must synthesise them.
     """
     from anomalib.data import MVTecAD
-    from anomalib.engine import Engine
 
     from anomalib_hyperbolic.testing import make_mvtec_like_dataset
 
@@ -367,47 +381,23 @@ def test_lightning_fit_fits_the_statistics_once(tmp_path):
     calls = []
     synthesize = module.synthesize_anomalies
     module.synthesize_anomalies = lambda images: calls.append(len(images)) or synthesize(images)
-    engine = Engine(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        default_root_dir=tmp_path / "run",
-        enable_progress_bar=False,
-    )
-    engine.fit(model=module, datamodule=datamodule)
+    _quiet_engine(tmp_path / "run").fit(model=module, datamodule=datamodule)
     model = module.model
     assert calls == [4, 4]  # two training batches of two images, two defective copies each
     assert bool(model.feature_statistics_fitted)
     images = torch.cat([module.pre_processor.transform(batch.image) for batch in datamodule.train_dataloader()])
-    with torch.no_grad():
-        standardized = model.extracted_features(images).reshape(-1, 32)
-    torch.testing.assert_close(standardized.mean(0), torch.zeros(32), atol=1e-3, rtol=0)
+    _assert_standardised(model, images)
     fitted = model.feature_mean.clone()
     model.feature_mean.add_(1.0)  # a second fit must not overwrite fitted (e.g. loaded) statistics
-    Engine(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        default_root_dir=tmp_path / "run2",
-        enable_progress_bar=False,
-    ).fit(model=module, datamodule=datamodule)
+    _quiet_engine(tmp_path / "run2").fit(model=module, datamodule=datamodule)
     torch.testing.assert_close(model.feature_mean, fitted + 1.0)
     # without a datamodule the statistics come from the trainer's training dataloader
     plain = SimpleNet(**TINY, feature_standardization=True)
-    Engine(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        default_root_dir=tmp_path / "run3",
-        enable_progress_bar=False,
-    ).fit(model=plain, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader())
+    _quiet_engine(tmp_path / "run3").fit(
+        model=plain, train_dataloaders=datamodule.train_dataloader(), val_dataloaders=datamodule.val_dataloader()
+    )
     assert bool(plain.model.feature_statistics_fitted)
-    with torch.no_grad():
-        standardized = plain.model.extracted_features(images).reshape(-1, 32)
-    torch.testing.assert_close(standardized.mean(0), torch.zeros(32), atol=1e-3, rtol=0)
+    _assert_standardised(plain.model, images)
 
 
 # ------------------------------------------------------------------------------ synthetic anomalies

@@ -152,7 +152,6 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
             discriminator_input=discriminator_input,
         )
         self.loss = TruncatedL1Loss(th_pos=th_pos, th_neg=th_neg)
-        self.synthetic_anomalies = synthetic_anomalies
         if not isinstance(synthetic_copies, int) or synthetic_copies < 1:
             msg = f"`synthetic_copies` must be a positive integer, got {synthetic_copies!r}."
             raise ValueError(msg)
