@@ -344,6 +344,22 @@ def test_constant_channel_std_is_floored():
     assert torch.isfinite(out.anomaly_map).all()
 
 
+def test_channel_moments_match_torch_and_refuse_nothing():
+    from anomalib_hyperbolic.models.components import ChannelMoments
+
+    torch.manual_seed(0)
+    batches = [torch.randn(2, 5, 3, 4) * 3 + 1, torch.randn(4, 5, 3, 4)]
+    moments = ChannelMoments()
+    for batch in batches:
+        moments.update(batch)
+    flat = torch.cat(batches).double().transpose(0, 1).flatten(1)
+    mean, std = moments.compute()
+    torch.testing.assert_close(mean, flat.mean(1))
+    torch.testing.assert_close(std, flat.std(1, unbiased=False))
+    with pytest.raises(ValueError, match="No features"):
+        ChannelMoments().compute()
+
+
 def test_fit_feature_statistics_errors():
     with pytest.raises(ValueError, match="no images"):
         tiny_model(feature_standardization=True).fit_feature_statistics([])

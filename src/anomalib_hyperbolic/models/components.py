@@ -1,9 +1,11 @@
-"""Pieces shared by this package's ``AnomalibModule`` classes."""
+"""Pieces shared by this package's models (their ``AnomalibModule`` classes and torch models)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -30,3 +32,36 @@ class PortableCheckpointMixin:
             del state[key]
         if stale:
             logger.info("Checkpoint evaluator states not used by this model's evaluator, skipped: %s", stale)
+
+
+class ChannelMoments:
+    """Per-channel mean and standard deviation over every position of ``(B, C, ...)`` feature batches.
+
+    Sums are accumulated in float64 (and kept on the CPU), so long passes over a training set stay
+    exact enough; :meth:`compute` gives the population mean and standard deviation.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: torch.Tensor | None = None
+        self.squares: torch.Tensor | None = None
+
+    def update(self, features: torch.Tensor) -> None:
+        """Add the values of every position of ``features`` (channel axis 1)."""
+        flat = features.detach().double().transpose(0, 1).flatten(1)
+        total, squares = flat.sum(1).cpu(), flat.pow(2).sum(1).cpu()
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.count += flat.shape[1]
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` per channel, float64.
+
+        Raises:
+            ValueError: when no features were added.
+        """
+        if self.total is None or self.squares is None or self.count == 0:
+            msg = "No features were added to the channel statistics."
+            raise ValueError(msg)
+        mean = self.total / self.count
+        return mean, (self.squares / self.count - mean.pow(2)).clamp_min(0).sqrt()

@@ -31,6 +31,7 @@ from torch import nn
 
 from anomalib_hyperbolic.backbones import create_feature_extractor
 from anomalib_hyperbolic.geometry import DEFAULT_CLIP_RADIUS, clip_features, expmap0, poincare_hyperplane_distance
+from anomalib_hyperbolic.models.components import ChannelMoments
 
 # HADNet "Implementation details": RGB mean / std used to normalise images.
 PAPER_MEAN = (0.491, 0.449, 0.410)
@@ -331,25 +332,21 @@ class HADNetModel(nn.Module):
 
     # ---------------------------------------------------------------- initialisation (before training)
     @torch.no_grad()
-    def update_feature_statistics(self, images: torch.Tensor, state: list[list[torch.Tensor]] | None) -> list:
+    def update_feature_statistics(self, images: torch.Tensor, state: list[ChannelMoments] | None) -> list:
         """Accumulate per-channel sums over normal images; call :meth:`set_feature_statistics` after."""
         features = self.extract(images)
-        state = state or [[torch.zeros(()), torch.zeros(f.shape[1]), torch.zeros(f.shape[1])] for f in features]
-        for acc, feature in zip(state, features, strict=True):
-            flat = feature.double().transpose(0, 1).flatten(1)
-            acc[0] = acc[0] + flat.shape[1]
-            acc[1] = acc[1] + flat.sum(1).cpu()
-            acc[2] = acc[2] + flat.pow(2).sum(1).cpu()
+        state = state or [ChannelMoments() for _ in features]
+        for moments, feature in zip(state, features, strict=True):
+            moments.update(feature)
         return state
 
     @torch.no_grad()
-    def set_feature_statistics(self, state: list[list[torch.Tensor]]) -> None:
+    def set_feature_statistics(self, state: list[ChannelMoments]) -> None:
         """Store the HST standardisation mean / std from :meth:`update_feature_statistics`."""
-        for index, (count, total, squares) in enumerate(state):
-            mean = total / count
-            std = (squares / count - mean.pow(2)).clamp_min(0).sqrt().clamp_min(1e-6)
+        for index, moments in enumerate(state):
+            mean, std = moments.compute()
             getattr(self, f"feature_mean_{index}").copy_(mean.view(1, -1, 1, 1))
-            getattr(self, f"feature_std_{index}").copy_(std.view(1, -1, 1, 1))
+            getattr(self, f"feature_std_{index}").copy_(std.clamp_min(1e-6).view(1, -1, 1, 1))
 
     @torch.no_grad()
     def afss_channel_losses(

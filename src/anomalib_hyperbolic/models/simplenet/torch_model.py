@@ -35,6 +35,7 @@ from torch import nn
 
 from anomalib_hyperbolic.backbones import create_feature_extractor
 from anomalib_hyperbolic.geometry import expmap, expmap0, logmap0, pairwise_poincare_distance, validate_curvature
+from anomalib_hyperbolic.models.components import ChannelMoments
 
 DISTANCES = ("euclidean", "poincare")
 DISCRIMINATOR_INPUTS = ("logmap", "distance")
@@ -330,18 +331,13 @@ class SimpleNetModel(nn.Module):
         if not self.feature_standardization:
             msg = "fit_feature_statistics needs SimpleNetModel(feature_standardization=True)."
             raise RuntimeError(msg)
-        total, total_sq, count = None, None, 0
+        moments = ChannelMoments()
         for images in image_batches:
-            features = self.feature_extractor(images).permute(0, 2, 3, 1).reshape(-1, self.feature_mean.numel())
-            features = features.double()
-            total = features.sum(0) if total is None else total + features.sum(0)
-            total_sq = features.pow(2).sum(0) if total_sq is None else total_sq + features.pow(2).sum(0)
-            count += features.shape[0]
-        if total is None or total_sq is None:
+            moments.update(self.feature_extractor(images))
+        if moments.count == 0:
             msg = "Cannot fit SimpleNet's feature statistics: the training data yielded no images."
             raise ValueError(msg)
-        mean = total / count
-        std = (total_sq / count - mean.pow(2)).clamp_min(0).sqrt()
+        mean, std = moments.compute()
         std = std.clamp_min(1e-3 * float(std.mean()) + 1e-12)
         self.feature_mean.copy_(mean.to(self.feature_mean))
         self.feature_std.copy_(std.to(self.feature_std))
