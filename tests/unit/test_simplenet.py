@@ -427,6 +427,12 @@ def test_training_scores_add_the_features_under_the_synthetic_masks():
     masks[1, :, :, :3] = 1  # covers 3/8 of the first grid column: less than half, not taken
     normal, anomalous = model.training_scores(images, images.clone(), masks)
     assert anomalous.shape == (2 * 8 * 8 + 2 * 8,)
+    # the synthetic part holds exactly the masked cells of the synthetic images (eval: batch-independent D)
+    model.eval()
+    synthetic_images = images + 1.0
+    _, anomalous = model.training_scores(images, synthetic_images, masks)
+    expected = model.discriminate(model.to_manifold(model.adapted_features(synthetic_images)))[0, :2].flatten()
+    torch.testing.assert_close(anomalous[2 * 8 * 8 :], expected)
     with pytest.raises(ValueError, match="mask"):
         model.training_scores(images, images.clone(), None)
 

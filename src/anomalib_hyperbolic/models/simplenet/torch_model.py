@@ -390,15 +390,17 @@ class SimpleNetModel(nn.Module):
         with synthetic defects, beyond the paper) and their ``(B, 1, H, W)`` masks are given, the
         features of every grid location whose cell the mask covers by more than half.
         """
-        points = self.to_manifold(self.adapted_features(images))
-        synthetic = None
-        if synthetic_images is not None:
-            if synthetic_masks is None or synthetic_masks.shape[0] != synthetic_images.shape[0]:
-                msg = "synthetic_images need one (1, H, W) mask each (synthetic_masks)."
-                raise ValueError(msg)
-            synthetic_points = self.to_manifold(self.adapted_features(synthetic_images))
-            coverage = F.adaptive_avg_pool2d(synthetic_masks.float(), synthetic_points.shape[1:3])[:, 0]
-            synthetic = synthetic_points[coverage > 0.5]
+        if synthetic_images is None:
+            points = self.to_manifold(self.adapted_features(images))
+            return self._discriminate_training(points.flatten(0, -2))
+        if synthetic_masks is None or synthetic_masks.shape[0] != synthetic_images.shape[0]:
+            msg = "synthetic_images need one (1, H, W) mask each (synthetic_masks)."
+            raise ValueError(msg)
+        # one backbone call for both (the frozen backbone is in eval mode: batch-independent features)
+        all_points = self.to_manifold(self.adapted_features(torch.cat([images, synthetic_images])))
+        points, synthetic_points = all_points[: images.shape[0]], all_points[images.shape[0] :]
+        coverage = F.adaptive_avg_pool2d(synthetic_masks.float(), synthetic_points.shape[1:3])[:, 0]
+        synthetic = synthetic_points[coverage > 0.5]
         return self._discriminate_training(points.flatten(0, -2), synthetic)
 
     def _discriminate_training(
