@@ -393,13 +393,20 @@ def test_lightning_fit_fits_the_statistics_once(tmp_path):
 
     root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=64)
     datamodule = MVTecAD(root=root, category="synthetic", train_batch_size=2, eval_batch_size=2, num_workers=0)
-    module = SimpleNet(**TINY, feature_standardization=True, synthetic_anomalies=True, synthetic_copies=2)
-    calls = []
-    synthesize = module.synthesize_anomalies
+    module = SimpleNet(
+        **TINY, feature_standardization=True, synthetic_anomalies=True, synthetic_copies=2, synthetic_coverage=0.25
+    )
+    calls, coverages = [], []
+    synthesize, training_scores = module.synthesize_anomalies, module.model.training_scores
     module.synthesize_anomalies = lambda images: calls.append(len(images)) or synthesize(images)
+    module.model.training_scores = lambda *args, **kwargs: (
+        coverages.append(kwargs.get("min_coverage")) or training_scores(*args, **kwargs)
+    )
     _quiet_engine(tmp_path / "run").fit(model=module, datamodule=datamodule)
     model = module.model
     assert calls == [4, 4]  # two training batches of two images, two defective copies each
+    assert coverages == [0.25, 0.25]
+    del model.training_scores
     assert bool(model.feature_statistics_fitted)
     images = torch.cat([module.pre_processor.transform(batch.image) for batch in datamodule.train_dataloader()])
     _assert_standardised(model, images)
@@ -435,6 +442,13 @@ def test_training_scores_add_the_features_under_the_synthetic_masks():
     torch.testing.assert_close(anomalous[2 * 8 * 8 :], expected)
     with pytest.raises(ValueError, match="mask"):
         model.training_scores(images, images.clone(), None)
+    # a lower coverage threshold also takes the partly covered column of image 1 (3/8 > 1/4)
+    model.train()
+    _, anomalous = model.training_scores(images, images.clone(), masks, min_coverage=0.25)
+    assert anomalous.shape == (2 * 8 * 8 + 2 * 8 + 8,)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="min_coverage"):
+            model.training_scores(images, images.clone(), masks, min_coverage=bad)
 
 
 def test_synthesized_anomalies_change_only_the_masked_pixels():
@@ -458,6 +472,9 @@ def test_synthetic_anomaly_errors(tmp_path):
         SimpleNet(**TINY).synthesize_anomalies(torch.rand(1, 3, 64, 64))
     with pytest.raises(ValueError, match="synthetic_copies"):
         SimpleNet(**TINY, synthetic_anomalies=True, synthetic_copies=0)
+    for coverage in (-0.5, 1.0):
+        with pytest.raises(ValueError, match="synthetic_coverage"):
+            SimpleNet(**TINY, synthetic_anomalies=True, synthetic_coverage=coverage)
     with pytest.raises(ValueError, match="synthetic_anomaly_source"):
         SimpleNet(**TINY, synthetic_anomalies=True, synthetic_anomaly_source=tmp_path / "missing")
 

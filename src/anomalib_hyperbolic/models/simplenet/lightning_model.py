@@ -68,6 +68,8 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         synthetic_anomaly_source: Folder of texture images for the synthetic defects (e.g. DTD, as
             DRAEM); ``None`` uses the generator's own random patterns.
         synthetic_copies: Defective copies made of each batch image per step. Default 1.
+        synthetic_coverage: A grid location's feature counts as anomalous when its cell is covered
+            by a synthetic defect mask by more than this fraction, in ``[0, 1)``. Default 0.5.
         discriminator_hidden: Hidden width of the discriminator. Default 1024.
         negative_slope: LeakyReLU slope. Default 0.2.
         th_pos: ``th^+`` of eq. (7). Default 0.5.
@@ -101,6 +103,7 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         synthetic_anomalies: bool = False,
         synthetic_anomaly_source: str | os.PathLike | None = None,
         synthetic_copies: int = 1,
+        synthetic_coverage: float = 0.5,
         discriminator_hidden: int = 1024,
         negative_slope: float = 0.2,
         th_pos: float = 0.5,
@@ -156,6 +159,10 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
             msg = f"`synthetic_copies` must be a positive integer, got {synthetic_copies!r}."
             raise ValueError(msg)
         self.synthetic_copies = synthetic_copies
+        if not 0 <= synthetic_coverage < 1:
+            msg = f"`synthetic_coverage` (share of a grid cell) must be in [0, 1), got {synthetic_coverage!r}."
+            raise ValueError(msg)
+        self.synthetic_coverage = synthetic_coverage
         if synthetic_anomaly_source is not None and not Path(synthetic_anomaly_source).is_dir():
             msg = f"`synthetic_anomaly_source` must be a folder of images, got {str(synthetic_anomaly_source)!r}."
             raise ValueError(msg)
@@ -202,7 +209,9 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         else:
             copies = batch.image.repeat(self.synthetic_copies, 1, 1, 1)
             synthetic_images, synthetic_masks = self.synthesize_anomalies(copies)
-            normal_scores, anomalous_scores = self.model.training_scores(batch.image, synthetic_images, synthetic_masks)
+            normal_scores, anomalous_scores = self.model.training_scores(
+                batch.image, synthetic_images, synthetic_masks, min_coverage=self.synthetic_coverage
+            )
         loss = self.loss(normal_scores, anomalous_scores)
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, logger=True)
         return {"loss": loss}

@@ -383,13 +383,18 @@ class SimpleNetModel(nn.Module):
         images: torch.Tensor,
         synthetic_images: torch.Tensor | None = None,
         synthetic_masks: torch.Tensor | None = None,
+        min_coverage: float = 0.5,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``D`` of the normal features and of the anomalous ones, flattened to ``(N,)`` and ``(M,)``.
 
         The anomalous features are the Gaussian ones of eq. (6) and, when ``synthetic_images`` (images
         with synthetic defects, beyond the paper) and their ``(B, 1, H, W)`` masks are given, the
-        features of every grid location whose cell the mask covers by more than half.
+        features of every grid location whose cell the mask covers by more than ``min_coverage``
+        (a fraction in ``[0, 1)``; 0 takes every cell the mask touches).
         """
+        if not 0 <= min_coverage < 1:
+            msg = f"min_coverage (share of a grid cell) must be in [0, 1), got {min_coverage!r}."
+            raise ValueError(msg)
         if synthetic_images is None:
             points = self.to_manifold(self.adapted_features(images))
             return self._discriminate_training(points.flatten(0, -2))
@@ -400,7 +405,7 @@ class SimpleNetModel(nn.Module):
         all_points = self.to_manifold(self.adapted_features(torch.cat([images, synthetic_images])))
         points, synthetic_points = all_points[: images.shape[0]], all_points[images.shape[0] :]
         coverage = F.adaptive_avg_pool2d(synthetic_masks.float(), synthetic_points.shape[1:3])[:, 0]
-        synthetic = synthetic_points[coverage > 0.5]
+        synthetic = synthetic_points[coverage > min_coverage]
         return self._discriminate_training(points.flatten(0, -2), synthetic)
 
     def _discriminate_training(
