@@ -198,6 +198,9 @@ def test_poincare_discriminator_sees_log_mapped_normals():
         ({"image_score": "mean"}, "image_score"),
         ({"target_embed_dim": 0}, "target_embed_dim"),
         ({"blur_sigma": 0}, "blur_sigma"),
+        ({"ensemble_size": 0}, "ensemble_size"),
+        ({"ensemble_size": 2.0}, "ensemble_size"),
+        ({"ensemble_size": True}, "ensemble_size"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -502,3 +505,97 @@ def test_tiny_fit_lowers_loss(distance):
         optimizer.step()
         losses.append(loss.item())
     assert np.mean(losses[-5:]) < 0.2 * np.mean(losses[:5])
+
+
+# ------------------------------------------------------------------------------- head ensemble
+def test_ensemble_heads_are_independent_and_paper_state_dict_unchanged():
+    single = tiny_model()
+    assert single.ensemble_size == 1
+    assert not any(key.startswith("extra_heads") for key in single.state_dict())
+    assert len(single.heads()) == 1
+    ensemble = tiny_model(ensemble_size=3)
+    heads = ensemble.heads()
+    assert len(heads) == 3
+    assert heads[0] == (ensemble.adaptor, ensemble.discriminator)
+    weights = [adaptor.weight for adaptor, _ in heads]
+    assert not torch.equal(weights[0], weights[1])  # initialised independently
+    assert not torch.equal(weights[1], weights[2])
+    assert {key.split(".")[1] for key in ensemble.state_dict() if key.startswith("extra_heads")} == {"0", "1"}
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "poincare"])
+def test_ensemble_score_is_the_mean_of_the_heads(distance):
+    model = tiny_model(ensemble_size=3, distance=distance).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(images)
+        extracted = model.extracted_features(images)
+        per_head = [model.discriminate(model.to_manifold(a(extracted)), d) for a, d in model.heads()]
+        patch_scores = -torch.stack(per_head).mean(0)
+        expected_map = model.blur(F.interpolate(patch_scores.unsqueeze(1), size=(64, 64), mode="bilinear"))
+    torch.testing.assert_close(out.anomaly_map, expected_map)
+    torch.testing.assert_close(out.pred_score, patch_scores.flatten(1).amax(1))
+    # a single head differs from the mean (the test would pass trivially if all heads were one)
+    assert not torch.allclose(-per_head[0], patch_scores)
+
+
+def test_ensemble_training_scores_come_head_after_head():
+    model = tiny_model(ensemble_size=2).train()
+    images = torch.randn(2, 3, 64, 64)
+    normal, anomalous = model(images)
+    assert normal.shape == anomalous.shape == (2 * 2, 8, 8)
+    masks = torch.zeros(2, 1, 64, 64)
+    masks[0, :, :16, :] = 1  # two rows of image 0's 8 x 8 grid
+    normal, anomalous = model.training_scores(images, images + 1.0, masks)
+    assert normal.shape == (2 * 2 * 8 * 8,)
+    assert anomalous.shape == (2 * (2 * 8 * 8 + 2 * 8),)
+    model.eval()  # batch-independent discriminators: each block is its own head's scores
+    normal, anomalous = model.training_scores(images, images + 1.0, masks)
+    for index, (adaptor, discriminator) in enumerate(model.heads()):
+        expected = model.discriminate(model.to_manifold(adaptor(model.extracted_features(images))), discriminator)
+        torch.testing.assert_close(normal[index * 128 : (index + 1) * 128], expected.flatten())
+        synthetic = model.to_manifold(adaptor(model.extracted_features(images + 1.0)))[0, :2]
+        block = anomalous[index * 144 : (index + 1) * 144]
+        torch.testing.assert_close(block[128:], model.discriminate(synthetic, discriminator).flatten())
+
+
+def test_ensemble_lightning_loss_is_the_sum_and_every_head_trains():
+    module = SimpleNet(**TINY, ensemble_size=2, noise_std=0.1)
+    optimizer = module.configure_optimizers()
+    heads = module.model.heads()
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in optimised for adaptor, disc in heads for p in [*adaptor.parameters(), *disc.parameters()])
+    assert [group["lr"] for group in optimizer.param_groups] == [1e-4, 2e-4]
+
+    class _Batch:
+        image = torch.randn(2, 3, 64, 64)
+
+    module.model.train()
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    torch.manual_seed(3)
+    loss = module.training_step(_Batch())["loss"]
+    torch.manual_seed(3)
+    normal, anomalous = module.model(_Batch.image)
+    per_head = [module.loss(n, a) for n, a in zip(normal.view(2, -1), anomalous.view(2, -1), strict=True)]
+    torch.testing.assert_close(loss, per_head[0] + per_head[1])
+    before = [adaptor.weight.detach().clone() for adaptor, _ in heads]
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert all(not torch.equal(b, adaptor.weight) for b, (adaptor, _) in zip(before, heads, strict=True))
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_ensemble_exports_match_torch(tmp_path, standardize):
+    """ONNX (dynamo) and direct OpenVINO conversion of a 3-head model, f32, against torch."""
+    pytest.importorskip("openvino")
+    model = _fitted(tiny_model(ensemble_size=3, feature_standardization=standardize))
+    images = torch.randn(1, 3, 64, 64)
+    path = tmp_path / "simplenet_ensemble.onnx"
+    torch.onnx.export(_Outputs(model), (images,), str(path), input_names=["image"], dynamo=True)
+    with torch.no_grad():
+        ref = model(images)
+    for source in (str(path), _Outputs(model)):
+        score, amap = _run_openvino(source, images)
+        np.testing.assert_allclose(score, ref.pred_score.numpy(), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(amap, ref.anomaly_map.numpy(), atol=1e-4, rtol=1e-4)

@@ -82,6 +82,9 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         distance: ``"euclidean"`` (paper) or ``"poincare"`` (hyperbolic variant).
         curvature: Poincaré-ball curvature ``c`` (used with ``"poincare"``). Default 0.01.
         discriminator_input: With ``"poincare"``: ``"logmap"`` or ``"distance"``.
+        ensemble_size: Beyond the paper: independently initialised adaptor/discriminator heads on the
+            one frozen feature extractor, each trained with its own loss on the same batches; the anomaly
+            score is their mean. Default 1 (paper).
         pre_processor: Pre-processor instance or flag to use the default (resize 256, ImageNet norm).
         post_processor: Post-processor instance or flag to use the default.
         evaluator: Evaluator instance or flag to use the default.
@@ -116,6 +119,7 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         distance: str = "euclidean",
         curvature: float = 0.01,
         discriminator_input: str = "logmap",
+        ensemble_size: int = 1,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -153,6 +157,7 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
             distance=distance,
             curvature=curvature,
             discriminator_input=discriminator_input,
+            ensemble_size=ensemble_size,
         )
         self.loss = TruncatedL1Loss(th_pos=th_pos, th_neg=th_neg)
         if not isinstance(synthetic_copies, int) or synthetic_copies < 1:
@@ -212,7 +217,15 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
             normal_scores, anomalous_scores = self.model.training_scores(
                 batch.image, synthetic_images, synthetic_masks, min_coverage=self.synthetic_coverage
             )
-        loss = self.loss(normal_scores, anomalous_scores)
+        # the sum of the heads' eq. (8) losses (scores come head after head, equal counts per head), so each
+        # head trains exactly as a lone SimpleNet would
+        heads = self.model.ensemble_size
+        loss = sum(
+            self.loss(normal, anomalous)
+            for normal, anomalous in zip(
+                normal_scores.reshape(heads, -1), anomalous_scores.reshape(heads, -1), strict=True
+            )
+        )
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, logger=True)
         return {"loss": loss}
 
@@ -243,11 +256,12 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         return batch.update(**predictions._asdict())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam: adaptor at ``adaptor_lr``, discriminator at ``discriminator_lr``, shared weight decay."""
+        """Adam: adaptors at ``adaptor_lr``, discriminators at ``discriminator_lr``, shared weight decay."""
+        heads = self.model.heads()
         return torch.optim.Adam(
             [
-                {"params": self.model.adaptor.parameters(), "lr": self.adaptor_lr},
-                {"params": self.model.discriminator.parameters(), "lr": self.discriminator_lr},
+                {"params": [p for adaptor, _ in heads for p in adaptor.parameters()], "lr": self.adaptor_lr},
+                {"params": [p for _, disc in heads for p in disc.parameters()], "lr": self.discriminator_lr},
             ],
             weight_decay=self.weight_decay,
         )

@@ -241,6 +241,11 @@ class SimpleNetModel(nn.Module):
         curvature: Ball curvature ``c`` for ``distance="poincare"`` (> 0 there; 0 gives Euclidean formulas).
         discriminator_input: For ``"poincare"``: ``"logmap"`` (``D`` sees ``log_0`` of the points)
             or ``"distance"`` (``D``'s first layer is geodesic distances to learned prototypes).
+        ensemble_size: Beyond the paper: the number ``K`` of independently initialised
+            adaptor/discriminator pairs ("heads") on the one frozen feature extractor. Each head is
+            trained on the same batches with its own noise draws and its own loss; the anomaly score
+            is the mean of their scores, ``s = -(1/K) sum_k D_k(G_k(o))``. Paper: 1 (head 0 is
+            ``adaptor``/``discriminator``; heads 1.. live in ``extra_heads``).
     """
 
     def __init__(
@@ -262,6 +267,7 @@ class SimpleNetModel(nn.Module):
         distance: str = "euclidean",
         curvature: float = 0.01,
         discriminator_input: str = "logmap",
+        ensemble_size: int = 1,
     ) -> None:
         super().__init__()
         validate_arguments(
@@ -276,6 +282,7 @@ class SimpleNetModel(nn.Module):
             distance=distance,
             curvature=curvature,
             discriminator_input=discriminator_input,
+            ensemble_size=ensemble_size,
         )
         self.noise_std = noise_std
         self.relative_noise = relative_noise
@@ -291,17 +298,28 @@ class SimpleNetModel(nn.Module):
             self.register_buffer("feature_mean", torch.zeros(target_embed_dim))
             self.register_buffer("feature_std", torch.ones(target_embed_dim))
             self.register_buffer("feature_statistics_fitted", torch.tensor(False))
-        # SimpleNet eq. (5): one fully connected layer, equal in/out dims, no bias.
-        self.adaptor = nn.Linear(target_embed_dim, target_embed_dim, bias=adaptor_bias)
-        self.adaptor.apply(_init_linear)
         hyperbolic_distance = distance == "poincare" and discriminator_input == "distance"
-        self.discriminator = Discriminator(
-            target_embed_dim,
-            hidden=discriminator_hidden,
-            negative_slope=negative_slope,
-            first_layer="distance" if hyperbolic_distance else "linear",
-            curvature=self.curvature,
-        )
+
+        def new_head() -> tuple[nn.Linear, Discriminator]:
+            # SimpleNet eq. (5): one fully connected layer, equal in/out dims, no bias.
+            adaptor = nn.Linear(target_embed_dim, target_embed_dim, bias=adaptor_bias)
+            adaptor.apply(_init_linear)
+            discriminator = Discriminator(
+                target_embed_dim,
+                hidden=discriminator_hidden,
+                negative_slope=negative_slope,
+                first_layer="distance" if hyperbolic_distance else "linear",
+                curvature=self.curvature,
+            )
+            return adaptor, discriminator
+
+        self.adaptor, self.discriminator = new_head()
+        self.ensemble_size = ensemble_size
+        if ensemble_size > 1:  # registered only when used: the paper model's state dict is unchanged
+            self.extra_heads = nn.ModuleList(
+                nn.ModuleDict(dict(zip(("adaptor", "discriminator"), new_head(), strict=True)))
+                for _ in range(ensemble_size - 1)
+            )
         kernel_size = 2 * int(4.0 * blur_sigma + 0.5) + 1  # scipy.ndimage.gaussian_filter's truncate=4
         self.blur = GaussianBlur2d(kernel_size=(kernel_size, kernel_size), sigma=(blur_sigma, blur_sigma), channels=1)
 
@@ -313,8 +331,15 @@ class SimpleNetModel(nn.Module):
             features = (features - self.feature_mean) / self.feature_std
         return features
 
+    def heads(self) -> list[tuple[nn.Linear, Discriminator]]:
+        """The ``(adaptor, discriminator)`` pairs: head 0, then ``extra_heads`` (``ensemble_size`` in all)."""
+        heads = [(self.adaptor, self.discriminator)]
+        if self.ensemble_size > 1:
+            heads += [(head["adaptor"], head["discriminator"]) for head in self.extra_heads]
+        return heads
+
     def adapted_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Adapted features ``q`` as ``(B, H0, W0, C)``: eqs. (4)-(5)."""
+        """Adapted features ``q`` of head 0 as ``(B, H0, W0, C)``: eqs. (4)-(5)."""
         return self.adaptor(self.extracted_features(images))
 
     @torch.no_grad()
@@ -370,13 +395,13 @@ class SimpleNetModel(nn.Module):
         lam = 2.0 / (1.0 - self.curvature * points.pow(2).sum(-1, keepdim=True)).clamp_min(1e-6)
         return expmap(points, noise * (2.0 / lam), self.curvature)
 
-    def discriminate(self, points: torch.Tensor) -> torch.Tensor:
-        """Normality ``D_psi`` per feature, ``(..., C) -> (...)``."""
+    def discriminate(self, points: torch.Tensor, discriminator: Discriminator | None = None) -> torch.Tensor:
+        """Normality ``D_psi`` per feature, ``(..., C) -> (...)``, by head 0's discriminator unless one is given."""
         shape = points.shape[:-1]
         flat = points.reshape(-1, points.shape[-1])
         if self.distance == "poincare" and self.discriminator_input == "logmap":
             flat = logmap0(flat, self.curvature)
-        return self.discriminator(flat).reshape(shape)
+        return (discriminator or self.discriminator)(flat).reshape(shape)
 
     def training_scores(
         self,
@@ -395,39 +420,64 @@ class SimpleNetModel(nn.Module):
         if not 0 <= min_coverage < 1:
             msg = f"min_coverage (share of a grid cell) must be in [0, 1), got {min_coverage!r}."
             raise ValueError(msg)
-        if synthetic_images is None:
-            points = self.to_manifold(self.adapted_features(images))
-            return self._discriminate_training(points.flatten(0, -2))
-        if synthetic_masks is None or synthetic_masks.shape[0] != synthetic_images.shape[0]:
+        if synthetic_images is not None and (
+            synthetic_masks is None or synthetic_masks.shape[0] != synthetic_images.shape[0]
+        ):
             msg = "synthetic_images need one (1, H, W) mask each (synthetic_masks)."
             raise ValueError(msg)
         # one backbone call for both (the frozen backbone is in eval mode: batch-independent features)
-        all_points = self.to_manifold(self.adapted_features(torch.cat([images, synthetic_images])))
-        points, synthetic_points = all_points[: images.shape[0]], all_points[images.shape[0] :]
-        coverage = F.adaptive_avg_pool2d(synthetic_masks.float(), synthetic_points.shape[1:3])[:, 0]
-        synthetic = synthetic_points[coverage > min_coverage]
-        return self._discriminate_training(points.flatten(0, -2), synthetic)
+        batch = images if synthetic_images is None else torch.cat([images, synthetic_images])
+        extracted = self.extracted_features(batch)
+        covered = None
+        if synthetic_masks is not None and synthetic_images is not None:
+            covered = F.adaptive_avg_pool2d(synthetic_masks.float(), extracted.shape[1:3])[:, 0] > min_coverage
+        return self._head_training_scores(extracted, images.shape[0], covered)
+
+    def _head_training_scores(
+        self, extracted: torch.Tensor, num_normal: int, covered: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every head's ``(D(normal), D(anomalous))``, concatenated head after head.
+
+        ``extracted``: ``(B, H0, W0, C)`` features of the ``num_normal`` normal images followed by the
+        synthetic ones; ``covered``: the synthetic images' covered grid cells, ``(B - num_normal, H0, W0)``.
+        """
+        normal_scores, anomalous_scores = [], []
+        for adaptor, discriminator in self.heads():
+            points = self.to_manifold(adaptor(extracted))
+            synthetic = None if covered is None else points[num_normal:][covered]
+            normal, anomalous = self._discriminate_training(
+                points[:num_normal].flatten(0, -2), synthetic, discriminator
+            )
+            normal_scores.append(normal)
+            anomalous_scores.append(anomalous)
+        return torch.cat(normal_scores), torch.cat(anomalous_scores)
 
     def _discriminate_training(
-        self, normal: torch.Tensor, synthetic: torch.Tensor | None = None
+        self, normal: torch.Tensor, synthetic: torch.Tensor | None = None, discriminator: Discriminator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(D(normal), D(anomalous))`` for ``(N, C)`` normal points: eq. (6) noise plus ``synthetic`` ones.
 
-        All points go through the discriminator in one batch (as in the official code, so batch-norm
-        statistics cover normal and anomalous features alike).
+        All points go through the discriminator (head 0's unless one is given) in one batch (as in the
+        official code, so batch-norm statistics cover normal and anomalous features alike).
         """
         anomalous = [self.generate_anomalous(normal)] + ([synthetic] if synthetic is not None else [])
-        scores = self.discriminate(torch.cat([normal, *anomalous]))
+        scores = self.discriminate(torch.cat([normal, *anomalous]), discriminator)
         return scores[: normal.shape[0]], scores[normal.shape[0] :]
 
     def forward(self, images: torch.Tensor) -> InferenceBatch | tuple[torch.Tensor, torch.Tensor]:
-        """Training: ``(D(q), D(q-))`` per location, each ``(B, H0, W0)``. Eval: scores and maps."""
-        points = self.to_manifold(self.adapted_features(images))
+        """Training: ``(D(q), D(q-))`` per location, ``(K * B, H0, W0)`` each for ``K`` heads. Eval: scores and maps."""
+        extracted = self.extracted_features(images)
         if self.training:
-            normal, anomalous = self._discriminate_training(points.flatten(0, -2))
-            return normal.view(points.shape[:-1]), anomalous.view(points.shape[:-1])
-        # SimpleNet eq. (9): anomaly score is the negated normality; eq. (10): the map over the grid.
-        patch_scores = -self.discriminate(points).unsqueeze(1)  # (B, 1, H0, W0)
+            normal, anomalous = self._head_training_scores(extracted, images.shape[0], None)
+            grid = extracted.shape[1:3]
+            return normal.view(-1, *grid), anomalous.view(-1, *grid)
+        # SimpleNet eq. (9): anomaly score is the negated normality (the heads' mean with ensemble_size > 1);
+        # eq. (10): the map over the grid.
+        normality = [
+            self.discriminate(self.to_manifold(adaptor(extracted)), discriminator)
+            for adaptor, discriminator in self.heads()
+        ]
+        patch_scores = -(normality[0] if len(normality) == 1 else torch.stack(normality).mean(0)).unsqueeze(1)
         anomaly_map = F.interpolate(patch_scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
         anomaly_map = self.blur(anomaly_map)
         # SimpleNet eq. (11): image score is the maximum score.
@@ -448,6 +498,7 @@ def validate_arguments(
     distance: str,
     curvature: float,
     discriminator_input: str,
+    ensemble_size: int = 1,
 ) -> None:
     """Raise ``ValueError`` naming the offending SimpleNet argument (layer names are checked by the backbone)."""
     if isinstance(layers, str) or len(layers) == 0:
@@ -484,6 +535,9 @@ def validate_arguments(
     except (TypeError, ValueError) as error:
         msg = f"`curvature` must be a finite number >= 0, got {curvature!r}."
         raise ValueError(msg) from error
+    if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or ensemble_size < 1:
+        msg = f"`ensemble_size` (adaptor/discriminator heads) must be a positive integer, got {ensemble_size!r}."
+        raise ValueError(msg)
     if distance == "poincare" and curvature == 0:
         msg = "`curvature` must be > 0 with distance='poincare' (0 is the Euclidean model: use distance='euclidean')."
         raise ValueError(msg)
