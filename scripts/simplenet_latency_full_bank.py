@@ -66,11 +66,9 @@ def main() -> None:
     seen: set[str] = set()
     for spec in config["models"]:
         class_name = spec["class_path"].rsplit(".", 1)[-1]
-        key = json.dumps({"class": class_name, **spec.get("init_args", {})}, sort_keys=True)
-        if class_name == "SimpleNet":
-            # latency depends on the architecture, not on seeds, epochs or training-only options
-            arch = {k: v for k, v in spec["init_args"].items() if not k.startswith(("synthetic", "noise"))}
-            key = json.dumps({"class": class_name, **arch}, sort_keys=True)
+        # latency depends on the architecture, not on seeds, epochs or SimpleNet's training-only options
+        arch = {k: v for k, v in spec.get("init_args", {}).items() if not k.startswith(("synthetic", "noise"))}
+        key = json.dumps({"class": class_name, **arch}, sort_keys=True)
         if key in seen:
             continue
         seen.add(key)

@@ -401,7 +401,7 @@ class SimpleNetModel(nn.Module):
         flat = points.reshape(-1, points.shape[-1])
         if self.distance == "poincare" and self.discriminator_input == "logmap":
             flat = logmap0(flat, self.curvature)
-        return (discriminator or self.discriminator)(flat).reshape(shape)
+        return (self.discriminator if discriminator is None else discriminator)(flat).reshape(shape)
 
     def training_scores(
         self,
@@ -429,7 +429,7 @@ class SimpleNetModel(nn.Module):
         batch = images if synthetic_images is None else torch.cat([images, synthetic_images])
         extracted = self.extracted_features(batch)
         covered = None
-        if synthetic_masks is not None and synthetic_images is not None:
+        if synthetic_images is not None:  # the check above guarantees its masks
             covered = F.adaptive_avg_pool2d(synthetic_masks.float(), extracted.shape[1:3])[:, 0] > min_coverage
         return self._head_training_scores(extracted, images.shape[0], covered)
 
