@@ -511,8 +511,9 @@ def validate_arguments(
         ("pretrain_embed_dim", pretrain_embed_dim),
         ("target_embed_dim", target_embed_dim),
         ("discriminator_hidden", discriminator_hidden),
+        ("ensemble_size", ensemble_size),
     ):
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             msg = f"`{name}` must be a positive integer, got {value!r}."
             raise ValueError(msg)
     if not math.isfinite(noise_std) or noise_std <= 0:
@@ -535,9 +536,6 @@ def validate_arguments(
     except (TypeError, ValueError) as error:
         msg = f"`curvature` must be a finite number >= 0, got {curvature!r}."
         raise ValueError(msg) from error
-    if isinstance(ensemble_size, bool) or not isinstance(ensemble_size, int) or ensemble_size < 1:
-        msg = f"`ensemble_size` (adaptor/discriminator heads) must be a positive integer, got {ensemble_size!r}."
-        raise ValueError(msg)
     if distance == "poincare" and curvature == 0:
         msg = "`curvature` must be > 0 with distance='poincare' (0 is the Euclidean model: use distance='euclidean')."
         raise ValueError(msg)
