@@ -559,6 +559,53 @@ def test_ensemble_training_scores_come_head_after_head():
         torch.testing.assert_close(block[128:], model.discriminate(synthetic, discriminator).flatten())
 
 
+def test_synthetic_per_head_gives_each_head_its_own_group():
+    model = tiny_model(ensemble_size=2).eval()  # eval: batch-independent discriminators
+    images = torch.randn(2, 3, 64, 64)
+    synthetic_images = torch.cat([images + 1.0, images - 1.0])  # group 0, then group 1
+    masks = torch.zeros(4, 1, 64, 64)
+    masks[0, :, :16, :] = 1  # group 0: two rows of image 0's 8 x 8 grid
+    masks[3, :, :8, :] = 1  # group 1: one row of image 1's grid
+    normal, anomalous = model.training_scores(images, synthetic_images, masks, synthetic_per_head=True)
+    assert normal.shape == (2 * 2 * 8 * 8,)
+    assert anomalous.shape == (2 * 2 * 8 * 8 + 2 * 8 + 8,)
+    (adaptor0, disc0), (adaptor1, disc1) = model.heads()
+    own0 = model.discriminate(model.to_manifold(adaptor0(model.extracted_features(images + 1.0)))[0, :2], disc0)
+    own1 = model.discriminate(model.to_manifold(adaptor1(model.extracted_features(images - 1.0)))[1, :1], disc1)
+    torch.testing.assert_close(anomalous[128:144], own0.flatten())
+    torch.testing.assert_close(anomalous[144 + 128 :], own1.flatten())
+    # shared (the default): every head sees both groups' covered cells
+    _, shared = model.training_scores(images, synthetic_images, masks)
+    assert shared.shape == (2 * (2 * 8 * 8 + 2 * 8 + 8),)
+    for bad in (synthetic_images[:3], None):
+        with pytest.raises(ValueError, match="synthetic_per_head"):
+            model.training_scores(images, bad, None if bad is None else masks[:3], synthetic_per_head=True)
+
+
+def test_lightning_synthetic_per_head_makes_copies_for_every_head():
+    module = SimpleNet(**TINY, ensemble_size=3, synthetic_anomalies=True, synthetic_copies=2, synthetic_per_head=True)
+    seen = []
+    generate = module.synthesize_anomalies
+
+    def recording(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append(images.shape[0])
+        return generate(images)
+
+    module.synthesize_anomalies = recording
+
+    class _Batch:
+        image = torch.randn(2, 3, 64, 64)
+
+    module.model.train()
+    module.log = lambda *args, **kwargs: None  # no trainer attached
+    loss = module.training_step(_Batch())["loss"]
+    assert seen == [3 * 2 * 2]  # heads x copies x images
+    assert torch.isfinite(loss)
+    for kwargs in ({"synthetic_per_head": True}, {"synthetic_anomalies": True, "synthetic_per_head": 1}):
+        with pytest.raises(ValueError, match="synthetic_per_head"):
+            SimpleNet(**TINY, ensemble_size=2, **kwargs)
+
+
 def test_ensemble_lightning_loss_is_the_sum_and_every_head_trains():
     module = SimpleNet(**TINY, ensemble_size=2, noise_std=0.1)
     optimizer = module.configure_optimizers()

@@ -70,6 +70,10 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         synthetic_copies: Defective copies made of each batch image per step. Default 1.
         synthetic_coverage: A grid location's feature counts as anomalous when its cell is covered
             by a synthetic defect mask by more than this fraction, in ``[0, 1)``. Default 0.5.
+        synthetic_per_head: With ``ensemble_size`` > 1, give every head its own ``synthetic_copies``
+            defective copies of each image (``ensemble_size`` times the generator and backbone work),
+            so the heads differ in the synthetic defects they learn from, not only in initialisation
+            and eq. (6) noise. Default ``False`` (all heads see the same copies).
         discriminator_hidden: Hidden width of the discriminator. Default 1024.
         negative_slope: LeakyReLU slope. Default 0.2.
         th_pos: ``th^+`` of eq. (7). Default 0.5.
@@ -107,6 +111,7 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         synthetic_anomaly_source: str | os.PathLike | None = None,
         synthetic_copies: int = 1,
         synthetic_coverage: float = 0.5,
+        synthetic_per_head: bool = False,
         discriminator_hidden: int = 1024,
         negative_slope: float = 0.2,
         th_pos: float = 0.5,
@@ -168,6 +173,13 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
             msg = f"`synthetic_coverage` (share of a grid cell) must be in [0, 1), got {synthetic_coverage!r}."
             raise ValueError(msg)
         self.synthetic_coverage = synthetic_coverage
+        if not isinstance(synthetic_per_head, bool) or (synthetic_per_head and not synthetic_anomalies):
+            msg = (
+                "`synthetic_per_head` must be a bool, and True only with synthetic_anomalies=True, "
+                f"got {synthetic_per_head!r}."
+            )
+            raise ValueError(msg)
+        self.synthetic_per_head = synthetic_per_head
         if synthetic_anomaly_source is not None and not Path(synthetic_anomaly_source).is_dir():
             msg = f"`synthetic_anomaly_source` must be a folder of images, got {str(synthetic_anomaly_source)!r}."
             raise ValueError(msg)
@@ -210,22 +222,21 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         """One step of eqs. (5)-(8): adapt, add noise, discriminate, truncated L1 loss."""
         del args, kwargs
         if self.anomaly_generator is None:
-            normal_scores, anomalous_scores = self.model(batch.image)
+            per_head = self.model.head_training_scores(batch.image)
         else:
-            copies = batch.image.repeat(self.synthetic_copies, 1, 1, 1)
+            # with synthetic_per_head: ensemble_size groups of synthetic_copies copies, head k takes group k
+            groups = self.model.ensemble_size if self.synthetic_per_head else 1
+            copies = batch.image.repeat(self.synthetic_copies * groups, 1, 1, 1)
             synthetic_images, synthetic_masks = self.synthesize_anomalies(copies)
-            normal_scores, anomalous_scores = self.model.training_scores(
-                batch.image, synthetic_images, synthetic_masks, min_coverage=self.synthetic_coverage
+            per_head = self.model.head_training_scores(
+                batch.image,
+                synthetic_images,
+                synthetic_masks,
+                min_coverage=self.synthetic_coverage,
+                synthetic_per_head=self.synthetic_per_head,
             )
-        # the sum of the heads' eq. (8) losses (scores come head after head, equal counts per head), so each
-        # head trains exactly as a lone SimpleNet would
-        heads = self.model.ensemble_size
-        loss = sum(
-            self.loss(normal, anomalous)
-            for normal, anomalous in zip(
-                normal_scores.reshape(heads, -1), anomalous_scores.reshape(heads, -1), strict=True
-            )
-        )
+        # the sum of the heads' eq. (8) losses, so each head trains exactly as a lone SimpleNet would
+        loss = sum(self.loss(normal, anomalous) for normal, anomalous in per_head)
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, logger=True)
         return {"loss": loss}
 

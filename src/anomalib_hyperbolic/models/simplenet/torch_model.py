@@ -409,13 +409,31 @@ class SimpleNetModel(nn.Module):
         synthetic_images: torch.Tensor | None = None,
         synthetic_masks: torch.Tensor | None = None,
         min_coverage: float = 0.5,
+        synthetic_per_head: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``D`` of the normal features and of the anomalous ones, flattened to ``(N,)`` and ``(M,)``.
+        """:meth:`head_training_scores` concatenated head after head, ``(N,)`` and ``(M,)``."""
+        per_head = self.head_training_scores(
+            images, synthetic_images, synthetic_masks, min_coverage, synthetic_per_head
+        )
+        return torch.cat([normal for normal, _ in per_head]), torch.cat([anomalous for _, anomalous in per_head])
+
+    def head_training_scores(
+        self,
+        images: torch.Tensor,
+        synthetic_images: torch.Tensor | None = None,
+        synthetic_masks: torch.Tensor | None = None,
+        min_coverage: float = 0.5,
+        synthetic_per_head: bool = False,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each head's ``D`` of the normal features and of the anomalous ones, flattened, in head order.
 
         The anomalous features are the Gaussian ones of eq. (6) and, when ``synthetic_images`` (images
         with synthetic defects, beyond the paper) and their ``(B, 1, H, W)`` masks are given, the
         features of every grid location whose cell the mask covers by more than ``min_coverage``
         (a fraction in ``[0, 1)``; 0 takes every cell the mask touches).
+
+        With ``synthetic_per_head`` the synthetic images are split into ``ensemble_size`` equal
+        consecutive groups, and head ``k`` sees only group ``k``; otherwise every head sees them all.
         """
         if not 0 <= min_coverage < 1:
             msg = f"min_coverage (share of a grid cell) must be in [0, 1), got {min_coverage!r}."
@@ -425,32 +443,49 @@ class SimpleNetModel(nn.Module):
         ):
             msg = "synthetic_images need one (1, H, W) mask each (synthetic_masks)."
             raise ValueError(msg)
+        if synthetic_per_head and (synthetic_images is None or synthetic_images.shape[0] % self.ensemble_size):
+            msg = (
+                f"synthetic_per_head needs synthetic_images in {self.ensemble_size} equal groups (one per head), got "
+                f"{None if synthetic_images is None else synthetic_images.shape[0]} images."
+            )
+            raise ValueError(msg)
         # one backbone call for both (the frozen backbone is in eval mode: batch-independent features)
         batch = images if synthetic_images is None else torch.cat([images, synthetic_images])
         extracted = self.extracted_features(batch)
         covered = None
         if synthetic_images is not None:  # the check above guarantees its masks
             covered = F.adaptive_avg_pool2d(synthetic_masks.float(), extracted.shape[1:3])[:, 0] > min_coverage
-        return self._head_training_scores(extracted, images.shape[0], covered)
+        return self._head_training_scores(extracted, images.shape[0], covered, synthetic_per_head)
 
     def _head_training_scores(
-        self, extracted: torch.Tensor, num_normal: int, covered: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every head's ``(D(normal), D(anomalous))``, concatenated head after head.
+        self,
+        extracted: torch.Tensor,
+        num_normal: int,
+        covered: torch.Tensor | None,
+        synthetic_per_head: bool = False,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every head's ``(D(normal), D(anomalous))``, in head order.
 
         ``extracted``: ``(B, H0, W0, C)`` features of the ``num_normal`` normal images followed by the
         synthetic ones; ``covered``: the synthetic images' covered grid cells, ``(B - num_normal, H0, W0)``.
+        With ``synthetic_per_head``, head ``k`` gets the ``k``-th of ``ensemble_size`` equal groups of them.
         """
-        normal_scores, anomalous_scores = [], []
-        for adaptor, discriminator in self.heads():
-            points = self.to_manifold(adaptor(extracted))
-            synthetic = None if covered is None else points[num_normal:][covered]
-            normal, anomalous = self._discriminate_training(
-                points[:num_normal].flatten(0, -2), synthetic, discriminator
+        heads = self.heads()
+        synthetic_features = extracted[num_normal:]
+        if covered is None:
+            groups = [(synthetic_features, None)] * len(heads)
+        elif synthetic_per_head:
+            groups = list(
+                zip(synthetic_features.chunk(len(heads)), covered.chunk(len(heads)), strict=True)  # checked divisible
             )
-            normal_scores.append(normal)
-            anomalous_scores.append(anomalous)
-        return torch.cat(normal_scores), torch.cat(anomalous_scores)
+        else:
+            groups = [(synthetic_features, covered)] * len(heads)
+        scores = []
+        for (adaptor, discriminator), (features, cells) in zip(heads, groups, strict=True):
+            normal_points = self.to_manifold(adaptor(extracted[:num_normal]))
+            synthetic = None if cells is None else self.to_manifold(adaptor(features[cells]))
+            scores.append(self._discriminate_training(normal_points.flatten(0, -2), synthetic, discriminator))
+        return scores
 
     def _discriminate_training(
         self, normal: torch.Tensor, synthetic: torch.Tensor | None = None, discriminator: Discriminator | None = None
@@ -468,9 +503,9 @@ class SimpleNetModel(nn.Module):
         """Training: ``(D(q), D(q-))`` per location, ``(K * B, H0, W0)`` each for ``K`` heads. Eval: scores and maps."""
         extracted = self.extracted_features(images)
         if self.training:
-            normal, anomalous = self._head_training_scores(extracted, images.shape[0], None)
+            per_head = self._head_training_scores(extracted, images.shape[0], None)
             grid = extracted.shape[1:3]
-            return normal.view(-1, *grid), anomalous.view(-1, *grid)
+            return tuple(torch.cat(scores).view(-1, *grid) for scores in zip(*per_head, strict=True))
         # SimpleNet eq. (9): anomaly score is the negated normality (the heads' mean with ensemble_size > 1);
         # eq. (10): the map over the grid.
         normality = [
