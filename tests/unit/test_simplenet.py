@@ -400,16 +400,16 @@ def test_lightning_fit_fits_the_statistics_once(tmp_path):
         **TINY, feature_standardization=True, synthetic_anomalies=True, synthetic_copies=2, synthetic_coverage=0.25
     )
     calls, coverages = [], []
-    synthesize, training_scores = module.synthesize_anomalies, module.model.training_scores
+    synthesize, head_training_scores = module.synthesize_anomalies, module.model.head_training_scores
     module.synthesize_anomalies = lambda images: calls.append(len(images)) or synthesize(images)
-    module.model.training_scores = lambda *args, **kwargs: (
-        coverages.append(kwargs.get("min_coverage")) or training_scores(*args, **kwargs)
+    module.model.head_training_scores = lambda *args, **kwargs: (
+        coverages.append(kwargs.get("min_coverage")) or head_training_scores(*args, **kwargs)
     )
     _quiet_engine(tmp_path / "run").fit(model=module, datamodule=datamodule)
     model = module.model
     assert calls == [4, 4]  # two training batches of two images, two defective copies each
     assert coverages == [0.25, 0.25]
-    del model.training_scores
+    del model.head_training_scores
     assert bool(model.feature_statistics_fitted)
     images = torch.cat([module.pre_processor.transform(batch.image) for batch in datamodule.train_dataloader()])
     _assert_standardised(model, images)
