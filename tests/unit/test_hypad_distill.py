@@ -8,6 +8,7 @@ import pytest
 import torch
 from torchvision.utils import save_image
 
+from anomalib_hyperbolic.backbones import provision_efficientnet_lite0
 from anomalib_hyperbolic.models import HypAD
 from anomalib_hyperbolic.models.hypad.distill import distill_teacher, main
 
@@ -55,7 +56,11 @@ def test_distill_checkpoint_and_resume(folder: Path, tmp_path: Path) -> None:
 
 def test_distill_command_line(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "cli.pth"
-    args = ["--image-dir", str(folder), "--output", str(output), "--backbone", KW["backbone"]]
+    # The CLI always loads pretrained weights: give it a local file (no hub on CI machines).
+    weights = LITE0
+    if not LITE0.is_file():
+        weights = provision_efficientnet_lite0(output=tmp_path / "lite0.safetensors").weights_file
+    args = ["--image-dir", str(folder), "--output", str(output), "--backbone", str(weights)]
     args += ["--layers", "blocks.2", "blocks.4", "--image-size", "64", "--steps", "1", "--batch-size", "2"]
     args += ["--stats-images", "2", "--no-progress"]
     assert main(args) == 0
