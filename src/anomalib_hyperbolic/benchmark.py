@@ -64,9 +64,14 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ["image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_MIoU"]
+# the same threshold-free metrics on raw model scores, before anomalib's normalise-and-clamp
+RAW_METRIC_COLUMNS = ["raw_image_AUROC", "raw_pixel_AUROC", "raw_pixel_AUPRO"]
+SUMMARY_COLUMNS = [*METRIC_COLUMNS, *RAW_METRIC_COLUMNS]
+LATENCY_COLUMNS = ["torch_latency_ms_b1", "openvino_latency_ms_b1"]
 COLUMNS = [
     "name",
     *METRIC_COLUMNS,
+    *RAW_METRIC_COLUMNS,
     "train_seconds",
     "peak_memory_mb",
     "torch_latency_ms_b1",
@@ -84,8 +89,11 @@ def _import(class_path: str) -> Any:
     return getattr(importlib.import_module(module_name), attribute)
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read and check a benchmark config."""
+def load_config(path: str | Path, smoke: bool = False) -> dict[str, Any]:
+    """Read and check a benchmark config; expand ``seeds`` into one cell per seed.
+
+    With ``smoke``, the config's ``smoke`` section is applied first (see :func:`apply_smoke`).
+    """
     import yaml
 
     path = Path(path)
@@ -97,12 +105,68 @@ def load_config(path: str | Path) -> dict[str, Any]:
         if key not in config:
             msg = f"Benchmark config {str(path)!r} lacks the key {key!r}"
             raise ValueError(msg)
+    if smoke:
+        config = apply_smoke(config, path)
+    config["models"] = expand_seeds(config)
     names = [model["name"] for model in config["models"]]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         msg = f"Benchmark model names must be unique; repeated: {duplicates}"
         raise ValueError(msg)
     return config
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in: nested mappings merge, anything else is replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_smoke(config: dict[str, Any], path: str | Path = "config") -> dict[str, Any]:
+    """The config at its ``--smoke`` size: a tiny run of the same grid, e.g. on generated data in CI.
+
+    ``smoke`` is merged over the config (nested mappings merge); inside it, ``models`` is merged over
+    every model and a model's own ``smoke`` mapping over that model. A ``generate_data`` entry there
+    writes the data set before the cells run (see :func:`generate_data`).
+    """
+    smoke = dict(config.get("smoke") or {})
+    if not smoke:
+        msg = f"Benchmark config {str(path)!r} has no `smoke` section, so it has no --smoke size"
+        raise ValueError(msg)
+    every_model = smoke.pop("models", {}) or {}
+    merged = _deep_merge({key: value for key, value in config.items() if key != "smoke"}, smoke)
+    merged["models"] = [
+        _deep_merge(_deep_merge(spec, every_model), spec.get("smoke") or {}) for spec in config["models"]
+    ]
+    return merged
+
+
+def expand_seeds(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """One cell per training seed for every model that lists ``seeds`` (or inherits the config's).
+
+    A model with ``seeds: [0, 1, 2]`` becomes cells ``"<name> s0"``, ``"<name> s1"``, ``"<name> s2"``
+    with ``seed`` set and ``group: <name>``, the key by which :func:`seed_summary` aggregates them. A
+    model with its own ``seed`` (and no ``seeds``) stays one cell, as does every model when neither
+    the model nor the config lists seeds.
+    """
+    default = config.get("seeds")
+    cells = []
+    for spec in config["models"]:
+        spec = {key: value for key, value in spec.items() if key != "smoke"}
+        seeds = spec.pop("seeds", None if "seed" in spec else default)
+        if seeds is None:
+            cells.append(spec)
+            continue
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) for seed in seeds):
+            msg = f"benchmark model {spec['name']!r}: seeds must be a non-empty list of integers, got {seeds!r}"
+            raise ValueError(msg)
+        cells += [{**spec, "name": f"{spec['name']} s{seed}", "seed": seed, "group": spec["name"]} for seed in seeds]
+    return cells
 
 
 # ---------------------------------------------------------------------------------------------
@@ -382,6 +446,7 @@ def _prepare(config: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, dict[st
     data_cfg = config["data"]
     data_args = {**data_cfg.get("init_args", {}), **spec.get("data_overrides", {})}
     datamodule = _import(data_cfg["class_path"])(**data_args)
+    datamodule.prepare_data()  # materialise the data on a first run (ELPV); a no-op once done
     wrapper = spec.get("data_wrapper")
     if wrapper:
         datamodule = _import(wrapper["class_path"])(datamodule=datamodule, **wrapper.get("init_args", {}))
@@ -401,7 +466,10 @@ def run_cell(
     import torch
     from anomalib.engine import Engine
 
+    from anomalib_hyperbolic.metrics import RawScoreMetrics
+
     datamodule, split_sizes, model = _prepare(config, spec)
+    raw_scores = RawScoreMetrics(pixel_metrics=bool(config.get("pixel_metrics", True)))
     initial = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()} if weights else {}
     limits = {"max_epochs": spec.get("max_epochs", 1), "max_steps": spec.get("max_steps", -1)}
     if spec.get("max_time"):
@@ -409,10 +477,12 @@ def run_cell(
     engine = Engine(
         **limits,
         accelerator=spec.get("accelerator", config.get("accelerator", "cpu")),
-        devices=1,
+        devices=spec.get("devices", config.get("devices", 1)),
+        strategy=spec.get("strategy", config.get("strategy", "auto")),
         default_root_dir=cell_dir,
         logger=False,
         enable_progress_bar=False,
+        callbacks=[raw_scores],  # a trainer callback: runs before the model's post-processor
     )
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
@@ -422,6 +492,7 @@ def run_cell(
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     row: dict[str, Any] = {"name": spec["name"], "train_seconds": train_seconds, **reached, **limits}
     row.update({key: float(value) for key, value in metrics.items()})
+    row.update(raw_scores.results)
     row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         row["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -434,8 +505,13 @@ def run_cell(
         row.update(time_model(config, model, cell_dir / "export"))
     row["split_sizes"] = split_sizes
     row["seed"] = cell_seed(config, spec)
+    if "group" in spec:
+        row["group"] = spec["group"]
     row["class_path"] = spec["class_path"]
     row["init_args"] = spec.get("init_args", {})
+    for key in ("data_wrapper", "data_overrides"):
+        if spec.get(key):
+            row[key] = spec[key]
     return row
 
 
@@ -495,21 +571,70 @@ def _cell_file(output: Path, name: str) -> Path:
     return output / "cells" / f"{safe}.json"
 
 
+def generate_data(config: dict[str, Any]) -> None:
+    """Write the config's data set with ``generate_data`` when its ``data.init_args.root`` does not exist.
+
+    ``generate_data: {function: anomalib_hyperbolic.testing.make_magnetic_tile_like, init_args: {...}}``
+    calls ``function(root, **init_args)``: how a ``--smoke`` run gets its images on a machine without data.
+    """
+    generator = config.get("generate_data")
+    if not generator:
+        return
+    root = Path(config["data"].get("init_args", {}).get("root", ""))
+    if not str(root) or root.exists():
+        return
+    _import(generator["function"])(root, **generator.get("init_args", {}))
+
+
+def provision(config: dict[str, Any]) -> None:
+    """Write the offline backbone files named by ``provision: {weights: FILE, hf_home: DIR}`` (idempotent).
+
+    The local weights file serves this package's models, the Hugging Face cache anomalib's (with
+    ``env: {HF_HOME: DIR, HF_HUB_OFFLINE: "1"}``): the same ImageNet weights for every cell.
+    """
+    wanted = config.get("provision")
+    if not wanted:
+        return
+    from anomalib_hyperbolic.backbones import provision_efficientnet_lite0
+
+    provision_efficientnet_lite0(output=wanted.get("weights"), hf_home=wanted.get("hf_home"))
+
+
+def prepare_data_once(config: dict[str, Any]) -> None:
+    """Call the datamodule's ``prepare_data()`` once, before cells run (in parallel) and set it up.
+
+    A data set that materialises on first use (ELPV writes its images and ``labels.csv``) is then
+    complete before any cell reads it.
+    """
+    data_cfg = config["data"]
+    _import(data_cfg["class_path"])(**data_cfg.get("init_args", {})).prepare_data()
+
+
 def run_grid(
-    config_path: str | Path, only: Sequence[str] | None = None, parallel: int = 1, time_only: bool = False
+    config_path: str | Path,
+    only: Sequence[str] | None = None,
+    parallel: int = 1,
+    time_only: bool = False,
+    smoke: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every missing cell in a subprocess (``parallel`` at a time), then write the tables and plots.
 
-    With ``time_only``, nothing is trained: every finished cell that has saved weights and no latency
-    figures is rebuilt and timed on this machine instead.
+    Before the cells: the data set is generated (``generate_data``), the backbone provisioned
+    (``provision``) and the data prepared, once. With ``time_only``, nothing is trained: every finished
+    cell that has saved weights and no latency figures is rebuilt and timed on this machine instead.
+    With ``smoke``, the config's ``smoke`` size runs (see :func:`apply_smoke`).
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    config = load_config(config_path)
+    config = load_config(config_path, smoke=smoke)
     output = Path(config["output"])
     (output / "cells").mkdir(parents=True, exist_ok=True)
-    specs = [spec for spec in config["models"] if not only or spec["name"] in only]
+    specs = [spec for spec in config["models"] if not only or spec["name"] in only or spec.get("group") in only]
     env = {**os.environ, **{key: str(value) for key, value in (config.get("env") or {}).items()}}
+    if not time_only:
+        generate_data(config)
+        provision(config)
+        prepare_data_once(config)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TimeElapsedColumn()) as progress:
         task = progress.add_task("benchmark" if not time_only else "timing", total=len(specs))
@@ -529,6 +654,7 @@ def run_grid(
             progress.console.print(f"{spec['name']}: started")
             command = [sys.executable, "-m", "anomalib_hyperbolic.benchmark", "--cell", spec["name"]]
             command += ["--config", str(config_path), *(["--time-only"] if time_only else [])]
+            command += ["--smoke"] if smoke else []
             log = output / "cells" / f"{target.stem}{'.timing' if time_only else ''}.log"
             with log.open("w") as handle:
                 result = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
@@ -570,39 +696,47 @@ def _format(value: Any) -> str:
 
 
 def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and (population) standard deviation of every metric over cells that differ only in ``seed``.
+    """Mean and sample standard deviation (n - 1) of every metric over cells that differ only in ``seed``.
 
-    Cells are grouped by class, init arguments and training limits; the group's name is its first
-    cell's name without a trailing seed tag (``" s1"``). Returns one entry per group, in first-seen
-    order, with ``seeds`` and ``<metric>_mean`` / ``<metric>_std``.
+    Cells expanded from one model's ``seeds`` share its ``group``; other cells are grouped by class,
+    init arguments, training limits, data wrapper and data overrides, named after their first cell
+    without a trailing seed tag (``" s1"``). Returns one entry per group, in first-seen order, with
+    ``seeds``, ``class_path``, ``init_args`` and, per metric and latency column, ``<column>_mean``, ``<column>_std`` and
+    ``<column>_values`` (one value per seed).
     """
     import re
 
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         limits = [row.get(key) for key in ("max_epochs", "max_steps", "max_time")]
-        key = json.dumps([row.get("class_path"), row.get("init_args", {}), limits], sort_keys=True, default=str)
-        groups.setdefault(key, []).append(row)
+        data = [row.get("data_wrapper"), row.get("data_overrides")]  # e.g. DRA's K and seen class
+        key = json.dumps([row.get("class_path"), row.get("init_args", {}), limits, data], sort_keys=True, default=str)
+        groups.setdefault(f"group:{row['group']}" if "group" in row else key, []).append(row)
     summary = []
     for members in groups.values():
+        first = members[0]
         entry: dict[str, Any] = {
-            "name": re.sub(r"\s+s\d+$", "", members[0]["name"]),
+            "name": first.get("group") or re.sub(r"\s+s\d+$", "", first["name"]),
             "seeds": [member.get("seed") for member in members],
+            "class_path": first.get("class_path", ""),
+            "init_args": first.get("init_args", {}),
         }
-        for metric in METRIC_COLUMNS:
-            values = [float(member[metric]) for member in members if metric in member]
+        for column in (*SUMMARY_COLUMNS, *LATENCY_COLUMNS, "train_seconds"):
+            values = [float(member[column]) for member in members if member.get(column) is not None]
             if values:
-                entry[f"{metric}_mean"] = statistics.fmean(values)
-                entry[f"{metric}_std"] = statistics.pstdev(values)
+                entry[f"{column}_values"] = values
+                entry[f"{column}_mean"] = statistics.fmean(values)
+                entry[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         summary.append(entry)
     return summary
 
 
 def write_tables(rows: list[dict[str, Any]], output: Path) -> None:
-    """``results.csv`` and ``results.md`` with one row per cell, and ``summary.md`` over seeds.
+    """``results.csv`` and ``results.md`` with one row per cell, and ``summary.md``/``.csv`` over seeds.
 
-    ``summary.md`` (mean +- std per configuration, see :func:`seed_summary`) is written only when
-    some configuration ran with more than one seed.
+    The summary (mean ± std per configuration, see :func:`seed_summary`) is written when some
+    configuration ran with more than one seed or came from a ``seeds`` list; its columns are the
+    metrics any cell has, then the means of training time and latency (each a median of runs).
     """
     with (output / "results.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
@@ -613,78 +747,122 @@ def write_tables(rows: list[dict[str, Any]], output: Path) -> None:
     lines += ["| " + " | ".join(_format(row.get(key)) for key in COLUMNS) + " |" for row in rows]
     (output / "results.md").write_text("\n".join(lines) + "\n")
     summary = seed_summary(rows)
-    if any(len(entry["seeds"]) > 1 for entry in summary):
-        header = ["name", "seeds", *METRIC_COLUMNS]
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    if not any(len(entry["seeds"]) > 1 for entry in summary) and not any("group" in row for row in rows):
+        return
+    columns = [
+        column
+        for column in (*SUMMARY_COLUMNS, "train_seconds", *LATENCY_COLUMNS)
+        if any(f"{column}_mean" in entry for entry in summary)
+    ]
+    header = ["name", "seeds", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    with (output / "summary.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["name", "seeds", *(f"{column}_{part}" for column in columns for part in ("mean", "std"))])
         for entry in summary:
-            cells = [entry["name"], ", ".join(str(seed) for seed in entry["seeds"])]
-            cells += [
-                f"{entry[f'{metric}_mean']:.3f} ± {entry[f'{metric}_std']:.3f}" if f"{metric}_mean" in entry else ""
-                for metric in METRIC_COLUMNS
-            ]
+            seeds = ", ".join(str(seed) for seed in entry["seeds"])
+            cells = [entry["name"], seeds]
+            for column in columns:
+                if f"{column}_mean" not in entry:
+                    cells.append("")
+                elif column in SUMMARY_COLUMNS:
+                    cells.append(f"{entry[f'{column}_mean']:.3f} ± {entry[f'{column}_std']:.3f}")
+                else:  # seconds and milliseconds
+                    cells.append(f"{entry[f'{column}_mean']:.1f} ± {entry[f'{column}_std']:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
-        (output / "summary.md").write_text("\n".join(lines) + "\n")
+            values = [entry.get(f"{column}_{part}", "") for column in columns for part in ("mean", "std")]
+            writer.writerow([entry["name"], seeds, *values])
+    (output / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+PLOTTED_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
 
 
 def plot(rows: list[dict[str, Any]], output: Path) -> None:
-    """Metric bars per model, latency vs AUPRO, and the HypAD curvature sweep (when present)."""
+    """One figure per question, each configuration's seeds pooled (mean, error bar = std over seeds).
+
+    ``metrics.png``: accuracy per model (horizontal bars, so long names never overlap);
+    ``latency_vs_aupro.png``: CPU latency against AUPRO, each model's PyTorch and OpenVINO points joined;
+    ``hypad_curvature.png`` (with HypAD cells): AUPRO and AUROC against the curvature, one line per
+    clipping radius.
+    """
     import matplotlib as mpl
 
     mpl.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not rows:
+    summary = seed_summary(rows)
+    if not summary:
         return
-    names = [row["name"] for row in rows]
-    metrics = [key for key in METRIC_COLUMNS if any(key in row for row in rows)]
-    figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(rows) * max(1, len(metrics)) / 2), 4))
-    width = 0.8 / max(1, len(metrics))
+    metrics = [key for key in PLOTTED_METRICS if any(f"{key}_mean" in entry for entry in summary)]
+    height = 0.8 / max(1, len(metrics))
+    figure, axis = plt.subplots(figsize=(8, 1.0 + 0.25 * len(summary) * max(1, len(metrics))))
     for index, key in enumerate(metrics):
-        values = [row.get(key, float("nan")) for row in rows]
-        axis.bar([i + index * width for i in range(len(rows))], values, width=width, label=key)
-    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], names, rotation=30, ha="right")
-    axis.set_ylim(0, 1)
-    axis.legend(fontsize=7)
-    axis.set_title("metrics per model")
+        positions = [i + index * height for i in range(len(summary))]
+        means = [entry.get(f"{key}_mean", float("nan")) for entry in summary]
+        errors = [entry.get(f"{key}_std", 0.0) for entry in summary]
+        axis.barh(positions, means, height=height, xerr=errors, capsize=2, label=key)
+    labels = [f"{entry['name']} (n={len(entry['seeds'])})" for entry in summary]
+    axis.set_yticks([i + height * (len(metrics) - 1) / 2 for i in range(len(summary))], labels, fontsize=7)
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("mean over seeds (error bar: std)")
+    axis.legend(fontsize=7, loc="lower right")
+    axis.set_title("accuracy per model")
     figure.tight_layout()
     figure.savefig(output / "metrics.png", dpi=120)
     plt.close(figure)
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for row in rows:
-        for runtime, marker in (("torch", "o"), ("openvino", "s")):
-            latency = row.get(f"{runtime}_latency_ms_b1")
-            if latency is not None and "pixel_AUPRO" in row:
-                axis.scatter(latency, row["pixel_AUPRO"], marker=marker)
-                axis.annotate(f"{row['name']} ({runtime})", (latency, row["pixel_AUPRO"]), fontsize=6)
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for index, entry in enumerate(summary):
+        points = [
+            (entry[f"{runtime}_latency_ms_b1_mean"], marker)
+            for runtime, marker in (("torch", "o"), ("openvino", "s"))
+            if f"{runtime}_latency_ms_b1_mean" in entry
+        ]
+        if not points or "pixel_AUPRO_mean" not in entry:
+            continue
+        aupro, spread, colour = entry["pixel_AUPRO_mean"], entry["pixel_AUPRO_std"], f"C{index % 10}"
+        axis.plot([latency for latency, _ in points], [aupro] * len(points), "-", color=colour, label=entry["name"])
+        for latency, marker in points:
+            axis.errorbar(latency, aupro, yerr=spread, fmt=marker, color=colour, capsize=2)
     axis.set_xscale("log")
-    axis.set_xlabel("CPU latency, batch 1 (ms, log)")
-    axis.set_ylabel("AUPRO")
-    axis.set_title("latency vs AUPRO (o: PyTorch, s: OpenVINO)")
+    axis.set_xlabel("CPU latency, batch 1 (ms, log); o PyTorch, s OpenVINO")
+    axis.set_ylabel("AUPRO (mean ± std over seeds)")
+    axis.set_title("latency vs AUPRO")
+    axis.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(output / "latency_vs_aupro.png", dpi=120)
     plt.close(figure)
 
-    sweep = [
-        (float(row["init_args"].get("c", row["init_args"].get("curvature", 0.01))), row)  # HypAD's default c
-        for row in rows
-        if row.get("class_path", "").endswith("HypAD")
-    ]
-    if sweep:
-        sweep.sort(key=lambda item: item[0])
-        # one line per clipping radius (HypAD's default 2.3), so "curvature only" cells stand apart
-        radii = sorted({float(row["init_args"].get("clip_radius", 2.3)) for _, row in sweep})
-        figure, axis = plt.subplots(figsize=(5, 4))
-        for radius, style in zip(radii, ("-", "--", ":", "-."), strict=False):
-            group = [(c, row) for c, row in sweep if float(row["init_args"].get("clip_radius", 2.3)) == radius]
-            for key, colour in (("image_AUROC", "C0"), ("pixel_AUROC", "C1"), ("pixel_AUPRO", "C2")):
-                values = [row.get(key, float("nan")) for _, row in group]
-                label = f"{key}, clip {radius:g}"
-                axis.plot([c for c, _ in group], values, style, color=colour, marker="o", label=label)
-        axis.set_xscale("symlog", linthresh=0.01)
-        axis.set_xlabel("curvature c")
-        axis.legend(fontsize=7)
-        axis.set_title("HypAD curvature sweep")
+    hypad = [entry for entry in summary if entry["class_path"].endswith("HypAD")]
+    if hypad:
+        # HypAD's defaults: c = 0.01, clipping radius 2.3 (a None radius is "no clipping")
+        def curvature(entry: dict[str, Any]) -> float:
+            return float(entry["init_args"].get("c", entry["init_args"].get("curvature", 0.01)))
+
+        def radius(entry: dict[str, Any]) -> str:
+            value = entry["init_args"].get("clip_radius", 2.3)
+            return "none" if value is None else f"{float(value):g}"
+
+        figure, axes = plt.subplots(1, 2, figsize=(9, 4), sharex=True)
+        for style, clip in zip(("-", "--", ":", "-."), sorted({radius(entry) for entry in hypad}), strict=False):
+            group = sorted((entry for entry in hypad if radius(entry) == clip), key=curvature)
+            for axis, key in zip(axes, ("pixel_AUPRO", "image_AUROC"), strict=True):
+                axis.errorbar(
+                    [curvature(entry) for entry in group],
+                    [entry.get(f"{key}_mean", float("nan")) for entry in group],
+                    yerr=[entry.get(f"{key}_std", 0.0) for entry in group],
+                    fmt=style + "o",
+                    capsize=2,
+                    label=f"clip {clip}",
+                )
+                axis.set_title(key)
+        for axis in axes:
+            axis.set_xscale("symlog", linthresh=0.001)
+            axis.set_xlabel("curvature c")
+            axis.legend(fontsize=7)
+        figure.suptitle("HypAD: curvature and clipping (mean ± std over seeds)")
         figure.tight_layout()
         figure.savefig(output / "hypad_curvature.png", dpi=120)
         plt.close(figure)
@@ -699,10 +877,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--time-only", action="store_true", help="train nothing: time the cells trained elsewhere (saved weights)"
     )
+    parser.add_argument(
+        "--smoke", action="store_true", help="run the config's `smoke` size (tiny, generated data: what CI runs)"
+    )
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
     args = parser.parse_args(argv)
     if args.cell:
-        config = load_config(args.config)
+        config = load_config(args.config, smoke=args.smoke)
         spec = next((item for item in config["models"] if item["name"] == args.cell), None)
         if spec is None:
             parser.error(f"no model named {args.cell!r} in {args.config}")
@@ -719,8 +900,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         temporary.write_text(json.dumps(row, indent=2, default=str))
         temporary.replace(target)  # atomic: a cell counts as done only when complete
         return 0
-    rows = run_grid(args.config, args.only, parallel=args.parallel, time_only=args.time_only)
-    print((Path(load_config(args.config)["output"]) / "results.md").read_text())
+    rows = run_grid(args.config, args.only, parallel=args.parallel, time_only=args.time_only, smoke=args.smoke)
+    output = Path(load_config(args.config, smoke=args.smoke)["output"])
+    print((output / ("summary.md" if (output / "summary.md").is_file() else "results.md")).read_text())
     return 0 if rows else 1
 
 

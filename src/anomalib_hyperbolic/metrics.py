@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 from anomalib.metrics import AnomalibMetric
+from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 
-__all__ = ["MIoU"]
+__all__ = ["MIoU", "RawScoreMetrics"]
 
 
 class _MIoU(Metric):
@@ -111,3 +112,80 @@ class MIoU(AnomalibMetric, _MIoU):  # type: ignore[misc]
     """
 
     default_fields = ("pred_mask", "gt_mask")
+
+
+class RawScoreMetrics(Callback):
+    """Threshold-free test metrics on the model's raw, rank-preserving scores, before post-processing.
+
+    anomalib's post-processor min-max normalises scores with statistics of the validation normals and
+    clamps them to ``[0, 1]``: every test score beyond the clamp ties with the others there, which can
+    only lower AUROC and AUPRO. Passed to the :class:`~anomalib.engine.Engine` as a trainer callback,
+    this runs its ``on_test_batch_end`` before the model's own callbacks (post-processor, evaluator),
+    so it collects ``pred_score`` and ``anomaly_map`` as the model produced them. At the end of the
+    test epoch the scores (and, separately, the maps) are min-max rescaled over the whole test set,
+    which keeps their ranks and stops torchmetrics from passing values outside ``[0, 1]`` through a
+    sigmoid (raw distances of 40-60 all saturate to 1.0 in float32). :attr:`results` then holds
+    ``raw_image_AUROC`` and, when the data has masks, ``raw_pixel_AUROC`` and ``raw_pixel_AUPRO``
+    (FPR limit ``fpr_limit``, as anomalib's AUPRO).
+
+    Example:
+        >>> raw = RawScoreMetrics(pixel_metrics=False)
+        >>> raw.results
+        {}
+    """
+
+    def __init__(self, pixel_metrics: bool = True, fpr_limit: float = 0.3) -> None:
+        super().__init__()
+        self.pixel_metrics = pixel_metrics
+        self.fpr_limit = fpr_limit
+        self.collected: dict[str, list[torch.Tensor]] = {}
+        self.results: dict[str, float] = {}
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start from nothing collected."""
+        del trainer, pl_module
+        self.collected, self.results = {}, {}
+
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any, **kwargs: Any
+    ) -> None:
+        """Keep CPU copies of the batch's raw scores, maps and ground truth."""
+        del trainer, pl_module, args, kwargs
+        fields = ("pred_score", "gt_label", *(("anomaly_map", "gt_mask") if self.pixel_metrics else ()))
+        for field in fields:
+            value = getattr(outputs, field, None)
+            if value is not None:
+                self.collected.setdefault(field, []).append(value.detach().cpu())
+
+    @staticmethod
+    def _rescaled(values: torch.Tensor) -> torch.Tensor:
+        """Min-max rescale to ``[0, 1]`` in float64 (rank-preserving; constant input gives zeros)."""
+        values = values.double()
+        low, high = values.min(), values.max()
+        return (values - low) / (high - low) if high > low else torch.zeros_like(values)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Rescale what was collected and compute the figures into :attr:`results`."""
+        del trainer, pl_module
+        from anomalib.metrics import AUPRO, AUROC
+
+        collected = {field: torch.cat(values) for field, values in self.collected.items()}
+        if "pred_score" in collected and "gt_label" in collected:
+            metric = AUROC(fields=["pred_score", "gt_label"], prefix="raw_image_")
+            metric.update(_Fields(pred_score=self._rescaled(collected["pred_score"]), gt_label=collected["gt_label"]))
+            self.results[metric.name] = float(metric.compute())
+        if "anomaly_map" in collected and "gt_mask" in collected:
+            maps = _Fields(anomaly_map=self._rescaled(collected["anomaly_map"]), gt_mask=collected["gt_mask"])
+            for metric in (
+                AUROC(fields=["anomaly_map", "gt_mask"], prefix="raw_pixel_"),
+                AUPRO(fields=["anomaly_map", "gt_mask"], prefix="raw_pixel_", fpr_limit=self.fpr_limit),
+            ):
+                metric.update(maps)
+                self.results[metric.name] = float(metric.compute())
+
+
+class _Fields:
+    """The attributes an :class:`~anomalib.metrics.AnomalibMetric` reads from a batch."""
+
+    def __init__(self, **fields: torch.Tensor) -> None:
+        self.__dict__.update(fields)

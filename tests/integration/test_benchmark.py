@@ -43,6 +43,8 @@ def test_benchmark_grid_tables_plots_and_resume(tmp_path: Path) -> None:
         assert row["openvino_latency_ms_b1"] > 0
         assert row["torch_throughput_ips_b8"] > 0
         assert row["openvino_throughput_ips_b8"] > 0
+        for key in benchmark.RAW_METRIC_COLUMNS:  # threshold-free metrics on the raw scores too
+            assert 0 <= row[key] <= 1, key
     out = tmp_path / "out"
     with (out / "results.csv").open() as handle:
         table = list(csv.DictReader(handle))
@@ -154,3 +156,58 @@ def test_load_trained_state_resizes_buffers_and_names_unknown_keys() -> None:
         benchmark.load_trained_state(Bank(), {"other.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match=r"linear\.weight"):
         benchmark.load_trained_state(Bank(), {"linear.weight": torch.zeros(3, 3)})
+
+
+def test_seeds_expand_into_cells_summarised_with_spread_and_smoke_size(tmp_path: Path) -> None:
+    """`seeds` gives one cell per seed; `--smoke` applies the config's smoke size and generates its data."""
+    config = {
+        "output": str(tmp_path / "full"),
+        "image_size": 256,
+        "seeds": [0, 1],
+        "latency": False,
+        "data": {
+            "class_path": "anomalib.data.MVTecAD",
+            "init_args": {"root": str(tmp_path / "generated"), "category": "synthetic", "num_workers": 0},
+        },
+        "models": [
+            {
+                "name": "PaDiM",
+                "class_path": "anomalib.models.Padim",
+                "init_args": {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1", "layer2"]},
+                "max_epochs": 3,
+                "smoke": {"init_args": {"layers": ["layer1"], "n_features": 32}},
+            }
+        ],
+        "smoke": {
+            "output": str(tmp_path / "smoke"),
+            "image_size": 64,
+            "data": {"init_args": {"train_batch_size": 4}},
+            "models": {"max_epochs": 1},
+            "generate_data": {
+                "function": "anomalib_hyperbolic.testing.make_mvtec_like_dataset",
+                "init_args": {"n_train": 4, "n_test_good": 2, "n_test_defect": 2, "image_size": 64},
+            },
+        },
+    }
+    config_path = tmp_path / "bench.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    full = benchmark.load_config(config_path)
+    assert [spec["name"] for spec in full["models"]] == ["PaDiM s0", "PaDiM s1"]
+    assert full["models"][1]["seed"] == 1
+    assert full["models"][0]["init_args"]["layers"] == ["layer1", "layer2"]
+
+    smoke = benchmark.load_config(config_path, smoke=True)
+    assert smoke["image_size"] == 64
+    assert smoke["data"]["init_args"]["root"] == str(tmp_path / "generated")  # merged, not replaced
+    assert all(spec["max_epochs"] == 1 and spec["init_args"]["layers"] == ["layer1"] for spec in smoke["models"])
+
+    assert benchmark.main(["--config", str(config_path), "--smoke"]) == 0
+    assert (tmp_path / "generated" / "synthetic").is_dir()  # written by generate_data
+    out = tmp_path / "smoke"
+    summary = (out / "summary.md").read_text()
+    assert "| PaDiM | 0, 1 |" in summary
+    assert (out / "summary.csv").is_file()
+    rows = benchmark.collect(out)
+    assert sorted(row["name"] for row in rows) == ["PaDiM s0", "PaDiM s1"]
+    assert all(row["group"] == "PaDiM" for row in rows)
+    assert (out / "metrics.png").stat().st_size > 0

@@ -160,13 +160,99 @@ def test_seed_summary_groups_cells_that_differ_only_in_seed(tmp_path: Path) -> N
     assert [entry["name"] for entry in summary] == ["A", "A longer", "B"]
     assert summary[0]["seeds"] == [0, 1]
     assert summary[0]["pixel_AUPRO_mean"] == pytest.approx(0.6)
-    assert summary[0]["pixel_AUPRO_std"] == pytest.approx(0.1)
+    assert summary[0]["pixel_AUPRO_std"] == pytest.approx(0.1 * 2**0.5)  # sample std (n - 1)
     assert summary[0]["image_AUROC_mean"] == pytest.approx(0.8)
     assert "image_AUROC_mean" not in summary[2]
     benchmark.write_tables(rows, tmp_path)
     table = (tmp_path / "summary.md").read_text()
-    assert "| A | 0, 1 | 0.800 ± 0.100 |" in table
+    assert "| A | 0, 1 | 0.800 ± 0.141 |" in table
     single = tmp_path / "single"
     single.mkdir()
     benchmark.write_tables(rows[2:], single)  # no configuration with two seeds: no summary
     assert not (single / "summary.md").exists()
+
+
+def test_seed_summary_pools_a_seeds_group_and_keeps_per_seed_values() -> None:
+    rows = [
+        {"name": "A s0", "group": "A", "seed": 0, "class_path": "m.A", "pixel_AUPRO": 0.5, "raw_pixel_AUPRO": 0.6},
+        {"name": "A s1", "group": "A", "seed": 1, "class_path": "m.A", "pixel_AUPRO": 0.7, "raw_pixel_AUPRO": 0.8},
+        # same class and arguments, another group: not pooled with A
+        {"name": "B s0", "group": "B", "seed": 0, "class_path": "m.A", "pixel_AUPRO": 0.1},
+    ]
+    summary = benchmark.seed_summary(rows)
+    assert [entry["name"] for entry in summary] == ["A", "B"]
+    assert summary[0]["pixel_AUPRO_values"] == [0.5, 0.7]
+    assert summary[0]["raw_pixel_AUPRO_mean"] == pytest.approx(0.7)
+
+
+def test_expand_seeds_rejects_a_bad_seed_list() -> None:
+    with pytest.raises(ValueError, match="seeds must be a non-empty list"):
+        benchmark.expand_seeds({"models": [{"name": "A", "seeds": "0,1"}]})
+    # a cell with its own seed stays one cell even when the config lists seeds
+    cells = benchmark.expand_seeds({"seeds": [0, 1], "models": [{"name": "A", "seed": 5}, {"name": "B"}]})
+    assert [cell["name"] for cell in cells] == ["A", "B s0", "B s1"]
+
+
+def test_smoke_needs_a_smoke_section(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no `smoke` section"):
+        benchmark.apply_smoke({"output": "x", "data": {}, "models": []})
+
+
+class _MaterialisedOnPrepare:
+    """A datamodule whose data exist only after ``prepare_data()`` (like ELPV on a first run)."""
+
+    def __new__(cls, root: str, **kwargs: object) -> object:
+        from anomalib.data import MVTecAD
+
+        class Lazy(MVTecAD):
+            def prepare_data(self) -> None:
+                if not (Path(root) / "synthetic").is_dir():
+                    make_mvtec_like_dataset(root, n_train=4, n_test_good=2, n_test_defect=2, image_size=32)
+
+        return Lazy(root=root, category="synthetic", **kwargs)
+
+
+def test_cells_prepare_the_data_before_setting_it_up(tmp_path: Path) -> None:
+    root = tmp_path / "lazy"
+    config = {
+        "data": {
+            "class_path": f"{__name__}._MaterialisedOnPrepare",
+            "init_args": {"root": str(root), "num_workers": 0},
+        },
+        "image_size": 32,
+    }
+    spec = {
+        "name": "PaDiM",
+        "class_path": "anomalib.models.Padim",
+        "init_args": {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1"], "n_features": 32},
+    }
+    benchmark.prepare_data_once(config)
+    assert (root / "synthetic").is_dir()
+    _, sizes, _ = benchmark._prepare(config, spec)
+    assert sizes["train"] == 4
+
+
+def test_raw_score_metrics_see_the_scores_before_post_processing(tmp_path: Path) -> None:
+    """As a trainer callback it runs before the post-processor: it sees PaDiM's raw distances (> 1)."""
+    from anomalib.engine import Engine
+    from anomalib.models import Padim
+
+    from anomalib_hyperbolic.metrics import RawScoreMetrics
+
+    class Recording(RawScoreMetrics):
+        largest = 0.0
+
+        def on_test_batch_end(self, trainer, pl_module, outputs, *args, **kwargs) -> None:
+            Recording.largest = max(Recording.largest, float(outputs.pred_score.max()))
+            super().on_test_batch_end(trainer, pl_module, outputs, *args, **kwargs)
+
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=6, n_test_good=3, n_test_defect=3, image_size=32)
+    raw = Recording()
+    model = Padim(backbone="resnet18", pre_trained=False, layers=["layer1"], n_features=32, visualizer=False)
+    engine = Engine(max_epochs=1, logger=False, enable_progress_bar=False, callbacks=[raw], default_root_dir=tmp_path)
+    datamodule = _mvtec(root)
+    engine.fit(model=model, datamodule=datamodule)
+    normalised = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    assert Recording.largest > 1  # normalised scores are clamped to [0, 1]
+    assert set(raw.results) == {"raw_image_AUROC", "raw_pixel_AUROC", "raw_pixel_AUPRO"}
+    assert raw.results["raw_image_AUROC"] >= normalised["image_AUROC"] - 1e-6  # the clamp only ties scores
