@@ -185,6 +185,7 @@ def test_teacher_loading_and_key_mismatch(tmp_path: Path) -> None:
         ({"discrepancy": "l2"}, "discrepancy"),
         ({"clip_radius": 0.0}, "clip_radius"),
         ({"augmentation_prob": 1.5}, "augmentation_prob"),
+        ({"penalty": "none"}, "penalty"),
     ],
 )
 def test_bad_input(kwargs: dict, match: str) -> None:
@@ -251,3 +252,44 @@ def test_export_openvino_matches_torch(images: tuple[torch.Tensor, torch.Tensor]
     ov_score, ov_map = (torch.from_numpy(result[output]) for output in compiled.outputs)
     torch.testing.assert_close(ov_score.reshape(score.shape), score, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(ov_map.reshape(anomaly_map.shape), anomaly_map, rtol=1e-3, atol=1e-4)
+
+
+def _pooled_norms_between(low: float, high: float, model: HypADModel) -> torch.Tensor:
+    """Student-like ``(1, 384, 8, 8)`` output whose projected (pooled) vectors have norms in ``[low, high]``."""
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(1, CH, 8, 8, generator=generator)
+    norms = model.projection(features).norm(dim=1, keepdim=True)
+    target = torch.empty(1, 1, 8, 8).uniform_(low, high, generator=generator)
+    return (features * target / norms).requires_grad_()
+
+
+def test_penalty_has_a_gradient_at_realistic_feature_norms() -> None:
+    """Standardised pooled PDN features have norms of 10-14: far beyond the clipping radius 2.3."""
+    model = HypADModel()  # paper defaults: c = 0.01, r = 2.3, channel pooling, penalty="unclipped"
+    student = _pooled_norms_between(10.0, 14.0, model)
+    penalty = model.penalty_loss(student)
+    (gradient,) = torch.autograd.grad(penalty, student)
+    expected = torch.autograd.grad(model.projection(student).pow(2).mean(), student)[0]
+    torch.testing.assert_close(gradient, expected)
+    assert gradient.norm() > 1e-3
+    # it pushes toward the origin: the gradient points along the features (EfficientAD's mean(s^2))
+    assert torch.sum(gradient * student) > 0
+
+    v1 = HypADModel(penalty="clipped")  # HypAD v1: clipped first, every norm is r, constant r^2 / C
+    clipped = v1.penalty_loss(student)
+    (v1_gradient,) = torch.autograd.grad(clipped, student)
+    torch.testing.assert_close(clipped, torch.tensor(2.3**2 / (CH // 2)))
+    assert v1_gradient.norm() < 1e-6 * gradient.norm()
+
+
+@pytest.mark.parametrize("mode", ["tangent", "location", "channel"])
+@pytest.mark.parametrize("c", [0.01, 0.1])
+def test_penalty_closed_form_is_the_discrepancy_to_the_origin(mode: str, c: float) -> None:
+    """``mean(p^2)`` equals ``mean(D(0, exp_0(p)))`` computed on the ball (where float64 does not saturate)."""
+    from anomalib_hyperbolic.models.hypad.loss import embed_to_ball
+
+    model = HypADModel(c=c, discrepancy=mode, clip_radius=math.inf).double()
+    student = _pooled_norms_between(1.0, 4.0, model).double()
+    embedded = embed_to_ball(model.projection(student), c, mode)
+    on_ball = hyperbolic_discrepancy(torch.zeros_like(embedded), embedded, c, mode)
+    torch.testing.assert_close(model.penalty_loss(student), on_ball.mean())

@@ -133,6 +133,9 @@ class HypAD(PortableCheckpointMixin, AnomalibModule):
             difference: ``"tangent"`` (default; exact EfficientAD at ``c=0``), ``"location"`` or
             ``"channel"``; see :mod:`anomalib_hyperbolic.models.hypad.loss`.
         augmentation_prob: Probability of the colour jitter of the autoencoder view (0.2).
+        penalty: ``"unclipped"`` (default: the penalty sees the projected student output before
+            clipping, EfficientAD's ``mean(s^2)``) or ``"clipped"`` (HypAD v1: after clipping, a
+            constant without gradient at ``r = 2.3``); see ``HypADModel.penalty_loss``.
         teacher_weights: Local PDN teacher state dict (``torch.load(weights_only=True)``), e.g. from
             ``anomalib-hyperbolic distill-teacher``. Takes precedence over ``pretrained_teacher``.
         pretrained_teacher: Without ``teacher_weights``: ``True`` loads anomalib's pretrained
@@ -171,6 +174,7 @@ class HypAD(PortableCheckpointMixin, AnomalibModule):
         projection_kernel: int = 2,
         discrepancy: str = "tangent",
         augmentation_prob: float = 0.2,
+        penalty: str = "unclipped",
         teacher_weights: str | Path | None = None,
         pretrained_teacher: bool = True,
         imagenet_dir: str | Path | None = "./datasets/imagenette",
@@ -205,6 +209,7 @@ class HypAD(PortableCheckpointMixin, AnomalibModule):
             projection_kernel=projection_kernel,
             discrepancy=discrepancy,
             augmentation_prob=augmentation_prob,
+            penalty=penalty,
             padding=padding,
             pad_maps=pad_maps,
         )

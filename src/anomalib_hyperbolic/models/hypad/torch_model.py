@@ -32,9 +32,10 @@ from anomalib_hyperbolic.geometry import clip_features, validate_curvature
 
 from .loss import DISCREPANCY_MODES, embed_to_ball, hard_feature_loss, hyperbolic_discrepancy
 
-__all__ = ["PROJECTIONS", "ChannelAvgPool", "HypADModel", "load_teacher_weights", "parse_model_size"]
+__all__ = ["PENALTIES", "PROJECTIONS", "ChannelAvgPool", "HypADModel", "load_teacher_weights", "parse_model_size"]
 
 PROJECTIONS = ("avgpool", "identity")
+PENALTIES = ("unclipped", "clipped")
 
 
 def parse_model_size(model_size: EfficientAdModelSize | str) -> EfficientAdModelSize:
@@ -88,6 +89,10 @@ class HypADModel(EfficientAdModel):
             :mod:`anomalib_hyperbolic.models.hypad.loss`.
         augmentation_prob: Probability of colour-jittering the autoencoder view (0.2 in HypAD
             section 4.2; EfficientAD always jitters, i.e. 1.0).
+        penalty: ImageNet penalty of the student: ``"unclipped"`` (default) takes the discrepancy to the
+            origin of the projected student output *before* clipping, ``mean(p^2)`` (EfficientAD's
+            ``mean(s^2)``, see :meth:`penalty_loss`); ``"clipped"`` (HypAD v1) takes it after clipping,
+            where every vector longer than ``r`` contributes the constant ``r^2`` and no gradient.
         hard_quantile: Quantile of the hard-feature loss (0.999 as EfficientAD).
         padding: Padding in the convolutions (anomalib's EfficientAd option).
         pad_maps: Pad the maps of an unpadded network to the padded size (anomalib's option).
@@ -104,6 +109,7 @@ class HypADModel(EfficientAdModel):
         projection_kernel: int = 2,
         discrepancy: str = "tangent",
         augmentation_prob: float = 0.2,
+        penalty: str = "unclipped",
         hard_quantile: float = 0.999,
         padding: bool = False,
         pad_maps: bool = True,
@@ -132,6 +138,9 @@ class HypADModel(EfficientAdModel):
         if not 0.0 <= augmentation_prob <= 1.0:
             msg = f"`augmentation_prob` must be in [0, 1], got {augmentation_prob}."
             raise ValueError(msg)
+        if penalty not in PENALTIES:
+            msg = f"`penalty` must be one of {PENALTIES}, got {penalty!r}."
+            raise ValueError(msg)
         if not 0.0 < hard_quantile < 1.0:
             msg = f"`hard_quantile` must be in (0, 1), got {hard_quantile}."
             raise ValueError(msg)
@@ -146,6 +155,7 @@ class HypADModel(EfficientAdModel):
         self.projection = ChannelAvgPool(kernel)
         self.discrepancy = discrepancy
         self.augmentation_prob = float(augmentation_prob)
+        self.penalty = penalty
         self.hard_quantile = float(hard_quantile)
         self.learn_curvature = learn_curvature
         self._fixed_c = float(c)
@@ -170,6 +180,29 @@ class HypADModel(EfficientAdModel):
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Hyperbolic discrepancy of two feature maps (Euclidean outputs of the networks)."""
         return hyperbolic_discrepancy(self.to_ball(x), self.to_ball(y), self.curvature, self.discrepancy)
+
+    def penalty_loss(self, student_output: torch.Tensor) -> torch.Tensor:
+        """EfficientAD's out-of-distribution penalty ``mean(s^2)`` in the ball: ``mean(D(0, h))``.
+
+        HypAD eq. (2) with ``x = 0``: ``d_c(0, exp_0(p)) = 2 ||p||`` for every ``c`` and
+        ``log_0(exp_0(p)) = p``, so the tangent discrepancy of the embedded point to the origin is
+        ``p_k^2`` exactly (all three ``discrepancy`` modes); it is computed in this closed form, which
+        does not saturate in float32 where ``sqrt(c) ||p||`` is large.
+
+        ``p`` is the projected student output, unclipped for ``penalty="unclipped"``: clipping first
+        (``"clipped"``, HypAD v1) gives every vector longer than ``r`` (standardised pooled PDN features
+        have norms of 10-14) the constant ``r^2`` and a zero gradient, i.e. no penalty at ``r = 2.3``.
+
+        Args:
+            student_output: First ``teacher_out_channels`` student channels on the penalty images.
+
+        Returns:
+            The scalar penalty.
+        """
+        tangent = self.projection(student_output)
+        if self.penalty == "clipped":
+            tangent = clip_features(tangent, radius=self.clip_radius, dim=1)
+        return torch.mean(tangent.pow(2))
 
     def augment(self, image: torch.Tensor) -> torch.Tensor:
         """HypAD section 4.2: RandomChoice of ColorJitter(brightness/contrast/saturation=0.2) with prob. p.
@@ -215,16 +248,13 @@ class HypADModel(EfficientAdModel):
 
         * ``loss_st``: hard-feature loss (mean of the discrepancies above their 99.9 % quantile)
           plus, when ImageNet images are given, the penalty ``mean(D(0, student(imagenet)))``
-          (EfficientAD's ``mean(s^2)``: discrepancy to the origin of the ball).
+          (EfficientAD's ``mean(s^2)``: discrepancy to the origin of the ball, :meth:`penalty_loss`).
         * ``loss_ae``: ``mean(D(teacher(aug), ae(aug)))``.
         * ``loss_stae``: ``mean(D(ae(aug), student_ae(aug)))``.
         """
         loss_hard = hard_feature_loss(distance_st, self.hard_quantile)
         if batch_imagenet is not None:
-            penalty_output = self.to_ball(self.student(batch_imagenet)[:, : self.teacher_out_channels])
-            origin = torch.zeros_like(penalty_output)
-            loss_penalty = torch.mean(hyperbolic_discrepancy(origin, penalty_output, self.curvature, self.discrepancy))
-            loss_st = loss_hard + loss_penalty
+            loss_st = loss_hard + self.penalty_loss(self.student(batch_imagenet)[:, : self.teacher_out_channels])
         else:
             loss_st = loss_hard
 
