@@ -131,8 +131,8 @@ def apply_smoke(config: dict[str, Any], path: str | Path = "config") -> dict[str
     """The config at its ``--smoke`` size: a tiny run of the same grid, e.g. on generated data in CI.
 
     ``smoke`` is merged over the config (nested mappings merge); inside it, ``models`` is merged over
-    every model and a model's own ``smoke`` mapping over that model. A ``generate_data`` entry there
-    writes the data set before the cells run (see :func:`generate_data`).
+    every model and a model's own ``smoke`` mapping over that model. Lists are replaced, so a smoke
+    ``prepare`` list (see :func:`prepare_files`) can generate the images the tiny run uses.
     """
     smoke = dict(config.get("smoke") or {})
     if not smoke:
@@ -236,16 +236,18 @@ def _latency(model: Any, export_dir: Path, image_size: int, settings: dict[str, 
     return figures
 
 
-def _openvino_request(xml: Any, batch: int, image_size: int, precision: str) -> tuple[Any, int, str]:
+def _openvino_request(xml: Any, batch: int, image_size: int, precision: str | None) -> tuple[Any, int, str]:
     """An infer request for ``batch`` images, or for the graph's own fixed batch when it cannot be reshaped.
 
-    Some exports carry a fixed batch inside the graph (anomalib's Patchcore with EfficientNet-Lite0
-    at 256 px comes out of torch's exporter with a static batch of 2): then the timing uses calls of
-    the graph's own batch, and the returned note says so.
+    ``precision`` is OpenVINO's ``INFERENCE_PRECISION_HINT`` (``"f32"``...); ``None`` or ``"default"``
+    leaves the device's default (bf16 on CPUs with bf16 units). Some exports carry a fixed batch
+    inside the graph (anomalib's Patchcore with EfficientNet-Lite0 at 256 px comes out of torch's
+    exporter with a static batch of 2): then the timing uses calls of the graph's own batch, and the
+    returned note says so.
     """
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": precision}
+    config = {} if precision in (None, "default") else {"INFERENCE_PRECISION_HINT": precision}
     ov_model = ov.Core().read_model(xml)
     try:
         ov_model.reshape({ov_model.input(0).any_name: [batch, 3, image_size, image_size]})
@@ -365,8 +367,11 @@ def use_local_pdn_teacher(model: Any, teacher: str | Path) -> None:
 
 
 def build_model(config: dict[str, Any], spec: dict[str, Any]) -> Any:
-    """The cell's model: its class and arguments, the common pre-processor, evaluator, no visualizer."""
-    image_size = int(config.get("image_size", 256))
+    """The cell's model: its class and arguments, the common pre-processor, evaluator, no visualizer.
+
+    The input size is the cell's own ``image_size`` when it has one, else the config's (256).
+    """
+    image_size = int(spec.get("image_size", config.get("image_size", 256)))
     model_class = _import(spec["class_path"])
     model = model_class(
         **spec.get("init_args", {}),
@@ -503,6 +508,9 @@ def run_cell(
     if config.get("latency", {}) is not False:
         model.cpu()
         row.update(time_model(config, model, cell_dir / "export"))
+    if config.get("precision_effect"):
+        model.cpu()
+        row.update(precision_effect(config, spec, model, datamodule, cell_dir / "export_precision"))
     row["split_sizes"] = split_sizes
     row["seed"] = cell_seed(config, spec)
     if "group" in spec:
@@ -513,6 +521,88 @@ def run_cell(
         if spec.get(key):
             row[key] = spec[key]
     return row
+
+
+PRECISIONS = ("f32", "default")  # OpenVINO's INFERENCE_PRECISION_HINT f32, and the device's own default
+
+
+def precision_effect(
+    config: dict[str, Any], spec: dict[str, Any], model: Any, datamodule: Any, export_dir: Path
+) -> dict[str, Any]:
+    """Test metrics and batch-1 latency of the exported OpenVINO graph at f32 and at the default precision.
+
+    The test images go through the exported graph (anomalib's pre-processing, model and
+    post-processing) alone, resized to the cell's input size (masks with nearest neighbours), once
+    per precision; anomalib's AUROC and AUPRO are computed on its normalised outputs. Keys:
+    ``ov_<precision>_image_AUROC`` (and ``pixel_AUROC``, ``pixel_AUPRO`` with masks),
+    ``ov_<precision>_latency_ms_b1``, and ``ov_max_score_change`` (largest |score difference| between
+    the precisions over the test images). A failure is recorded in the row, not raised.
+    """
+    try:
+        return _precision_effect(config, spec, model, datamodule, export_dir)
+    except Exception as error:
+        logger.exception("precision-effect measurement failed")
+        return {"precision_effect_error": f"{type(error).__name__}: {error}"[:500]}
+
+
+def _precision_effect(
+    config: dict[str, Any], spec: dict[str, Any], model: Any, datamodule: Any, export_dir: Path
+) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from anomalib.metrics import AUPRO, AUROC
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    from anomalib_hyperbolic.metrics import _Fields
+
+    image_size = int(spec.get("image_size", config.get("image_size", 256)))
+    with_masks = bool(config.get("pixel_metrics", True))
+    model.eval()
+    xml = model.to_openvino(export_root=export_dir, input_size=(image_size, image_size))
+    figures: dict[str, Any] = {}
+    scores: dict[str, list[float]] = {}
+    settings = config.get("latency") or {}
+    for precision in PRECISIONS:
+        request, graph_batch, _ = _openvino_request(xml, 1, image_size, precision)
+        metrics = [AUROC(fields=["pred_score", "gt_label"], prefix="image_")]
+        if with_masks:
+            metrics += [
+                AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+                AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
+            ]
+        scores[precision] = []
+        for batch in datamodule.test_dataloader():
+            images = resize(batch.image, [image_size, image_size], antialias=True)
+            for index in range(images.shape[0]):
+                array = np.repeat(images[index : index + 1].numpy(), graph_batch, axis=0)
+                outputs = {name: value for key, value in request.infer([array]).items() for name in key.get_names()}
+                score = torch.from_numpy(np.array(outputs["pred_score"])).reshape(-1)[:1].float()
+                fields: dict[str, torch.Tensor] = {"pred_score": score, "gt_label": batch.gt_label[index : index + 1]}
+                if with_masks and batch.gt_mask is not None and "anomaly_map" in outputs:
+                    anomaly_map = torch.from_numpy(np.array(outputs["anomaly_map"]))[:1].float()
+                    mask = resize(
+                        batch.gt_mask[index : index + 1].unsqueeze(1).float(),
+                        [image_size, image_size],
+                        interpolation=InterpolationMode.NEAREST,
+                    )
+                    fields["anomaly_map"] = anomaly_map.reshape(1, image_size, image_size)
+                    fields["gt_mask"] = mask.reshape(1, image_size, image_size).bool()
+                for metric in metrics:
+                    metric.update(_Fields(**fields))
+                scores[precision].append(float(score[0]))
+        for metric in metrics:
+            if metric.update_called:
+                figures[f"ov_{precision}_{metric.name}"] = float(metric.compute())
+        array = np.random.default_rng(0).random((graph_batch, 3, image_size, image_size), dtype=np.float32)
+        seconds = _median_seconds(
+            lambda request=request, array=array: request.infer([array]),
+            max(int(settings.get("runs", 20)), 20),
+            int(settings.get("warmup", 5)),
+        )
+        figures[f"ov_{precision}_latency_ms_b1"] = seconds * 1000
+    figures["ov_max_score_change"] = float(np.max(np.abs(np.subtract(*[scores[p] for p in PRECISIONS]))))
+    return figures
 
 
 def time_model(
@@ -571,19 +661,27 @@ def _cell_file(output: Path, name: str) -> Path:
     return output / "cells" / f"{safe}.json"
 
 
-def generate_data(config: dict[str, Any]) -> None:
-    """Write the config's data set with ``generate_data`` when its ``data.init_args.root`` does not exist.
+def prepare_files(config: dict[str, Any]) -> None:
+    """Make every file or folder listed under ``prepare`` that does not exist yet, in order.
 
-    ``generate_data: {function: anomalib_hyperbolic.testing.make_magnetic_tile_like, init_args: {...}}``
-    calls ``function(root, **init_args)``: how a ``--smoke`` run gets its images on a machine without data.
+    Each entry is ``{path: P, function: dotted.name, init_args: {...}, path_arg: NAME}`` and calls
+    ``function(P, **init_args)`` (or ``function(NAME=P, **init_args)``) when ``P`` is missing: how a
+    fresh machine gets what cells need, e.g. ELPV's images, a distilled PDN teacher, or the generated
+    images of a ``--smoke`` run. A function that returns without writing ``P`` is an error.
     """
-    generator = config.get("generate_data")
-    if not generator:
-        return
-    root = Path(config["data"].get("init_args", {}).get("root", ""))
-    if not str(root) or root.exists():
-        return
-    _import(generator["function"])(root, **generator.get("init_args", {}))
+    for step in config.get("prepare") or []:
+        path = Path(step["path"])
+        if path.exists():
+            continue
+        function = _import(step["function"])
+        arguments = dict(step.get("init_args") or {})
+        if step.get("path_arg"):
+            function(**{step["path_arg"]: path}, **arguments)
+        else:
+            function(path, **arguments)
+        if not path.exists():
+            msg = f"benchmark prepare step {step['function']} did not write {str(path)!r}"
+            raise RuntimeError(msg)
 
 
 def provision(config: dict[str, Any]) -> None:
@@ -616,13 +714,17 @@ def run_grid(
     parallel: int = 1,
     time_only: bool = False,
     smoke: bool = False,
+    precision: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every missing cell in a subprocess (``parallel`` at a time), then write the tables and plots.
 
-    Before the cells: the data set is generated (``generate_data``), the backbone provisioned
-    (``provision``) and the data prepared, once. With ``time_only``, nothing is trained: every finished
-    cell that has saved weights and no latency figures is rebuilt and timed on this machine instead.
-    With ``smoke``, the config's ``smoke`` size runs (see :func:`apply_smoke`).
+    Before the cells, once: the ``prepare`` steps (see :func:`prepare_files`), the backbone
+    provisioning (``provision``) and the datamodule's ``prepare_data()``. With ``time_only``, nothing
+    is trained: every finished cell that has saved weights and no latency figures is rebuilt and
+    timed on this machine instead.
+    With ``smoke``, the config's ``smoke`` size runs (see :func:`apply_smoke`). With ``precision``,
+    every cell also scores its test images with OpenVINO at f32 and at the default precision
+    (:func:`precision_effect`), as does ``precision_effect: true`` in the config.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -632,7 +734,7 @@ def run_grid(
     specs = [spec for spec in config["models"] if not only or spec["name"] in only or spec.get("group") in only]
     env = {**os.environ, **{key: str(value) for key, value in (config.get("env") or {}).items()}}
     if not time_only:
-        generate_data(config)
+        prepare_files(config)
         provision(config)
         prepare_data_once(config)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
@@ -655,6 +757,7 @@ def run_grid(
             command = [sys.executable, "-m", "anomalib_hyperbolic.benchmark", "--cell", spec["name"]]
             command += ["--config", str(config_path), *(["--time-only"] if time_only else [])]
             command += ["--smoke"] if smoke else []
+            command += ["--precision-effect"] if precision else []
             log = output / "cells" / f"{target.stem}{'.timing' if time_only else ''}.log"
             with log.open("w") as handle:
                 result = subprocess.run(command, env=env, stdout=handle, stderr=subprocess.STDOUT, check=False)
@@ -765,10 +868,10 @@ def write_tables(rows: list[dict[str, Any]], output: Path) -> None:
             for column in columns:
                 if f"{column}_mean" not in entry:
                     cells.append("")
-                elif column in SUMMARY_COLUMNS:
-                    cells.append(f"{entry[f'{column}_mean']:.3f} ± {entry[f'{column}_std']:.3f}")
-                else:  # seconds and milliseconds
-                    cells.append(f"{entry[f'{column}_mean']:.1f} ± {entry[f'{column}_std']:.1f}")
+                else:  # metrics to 3 decimals, seconds and milliseconds to 1; one seed: no spread
+                    digits = 3 if column in SUMMARY_COLUMNS else 1
+                    spread = f" ± {entry[f'{column}_std']:.{digits}f}" if len(entry[f"{column}_values"]) > 1 else ""
+                    cells.append(f"{entry[f'{column}_mean']:.{digits}f}{spread}")
             lines.append("| " + " | ".join(cells) + " |")
             values = [entry.get(f"{column}_{part}", "") for column in columns for part in ("mean", "std")]
             writer.writerow([entry["name"], seeds, *values])
@@ -878,12 +981,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--time-only", action="store_true", help="train nothing: time the cells trained elsewhere (saved weights)"
     )
     parser.add_argument(
+        "--precision-effect",
+        action="store_true",
+        help="also score the test images with the OpenVINO export at f32 and at the default precision",
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="run the config's `smoke` size (tiny, generated data: what CI runs)"
     )
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell in this process
     args = parser.parse_args(argv)
     if args.cell:
         config = load_config(args.config, smoke=args.smoke)
+        config["precision_effect"] = config.get("precision_effect") or args.precision_effect
         spec = next((item for item in config["models"] if item["name"] == args.cell), None)
         if spec is None:
             parser.error(f"no model named {args.cell!r} in {args.config}")
@@ -900,7 +1009,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         temporary.write_text(json.dumps(row, indent=2, default=str))
         temporary.replace(target)  # atomic: a cell counts as done only when complete
         return 0
-    rows = run_grid(args.config, args.only, parallel=args.parallel, time_only=args.time_only, smoke=args.smoke)
+    rows = run_grid(
+        args.config,
+        args.only,
+        parallel=args.parallel,
+        time_only=args.time_only,
+        smoke=args.smoke,
+        precision=args.precision_effect,
+    )
     output = Path(load_config(args.config, smoke=args.smoke)["output"])
     print((output / ("summary.md" if (output / "summary.md").is_file() else "results.md")).read_text())
     return 0 if rows else 1

@@ -183,10 +183,13 @@ def test_seeds_expand_into_cells_summarised_with_spread_and_smoke_size(tmp_path:
             "image_size": 64,
             "data": {"init_args": {"train_batch_size": 4}},
             "models": {"max_epochs": 1},
-            "generate_data": {
-                "function": "anomalib_hyperbolic.testing.make_mvtec_like_dataset",
-                "init_args": {"n_train": 4, "n_test_good": 2, "n_test_defect": 2, "image_size": 64},
-            },
+            "prepare": [
+                {
+                    "path": str(tmp_path / "generated"),
+                    "function": "anomalib_hyperbolic.testing.make_mvtec_like_dataset",
+                    "init_args": {"n_train": 4, "n_test_good": 2, "n_test_defect": 2, "image_size": 64},
+                }
+            ],
         },
     }
     config_path = tmp_path / "bench.yaml"
@@ -202,7 +205,7 @@ def test_seeds_expand_into_cells_summarised_with_spread_and_smoke_size(tmp_path:
     assert all(spec["max_epochs"] == 1 and spec["init_args"]["layers"] == ["layer1"] for spec in smoke["models"])
 
     assert benchmark.main(["--config", str(config_path), "--smoke"]) == 0
-    assert (tmp_path / "generated" / "synthetic").is_dir()  # written by generate_data
+    assert (tmp_path / "generated" / "synthetic").is_dir()  # written by the smoke prepare step
     out = tmp_path / "smoke"
     summary = (out / "summary.md").read_text()
     assert "| PaDiM | 0, 1 |" in summary
@@ -211,3 +214,33 @@ def test_seeds_expand_into_cells_summarised_with_spread_and_smoke_size(tmp_path:
     assert sorted(row["name"] for row in rows) == ["PaDiM s0", "PaDiM s1"]
     assert all(row["group"] == "PaDiM" for row in rows)
     assert (out / "metrics.png").stat().st_size > 0
+
+
+def test_precision_effect_scores_the_test_images_with_openvino_at_both_precisions(tmp_path: Path) -> None:
+    """`--precision-effect`: OpenVINO f32 on the exported graph reproduces the Engine's test metrics."""
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=3, n_test_defect=3, image_size=64)
+    config = {
+        "image_size": 64,
+        "latency": False,
+        "precision_effect": True,
+        "data": {
+            "class_path": "anomalib.data.MVTecAD",
+            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0, "train_batch_size": 4},
+        },
+    }
+    spec = {
+        "name": "PaDiM",
+        "class_path": "anomalib.models.Padim",
+        "init_args": {"backbone": "resnet18", "pre_trained": False, "layers": ["layer1"], "n_features": 32},
+        "max_epochs": 1,
+    }
+    row = benchmark.run_cell(config, spec, tmp_path / "cell")
+    assert "precision_effect_error" not in row, row.get("precision_effect_error")
+    for precision in benchmark.PRECISIONS:
+        for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+            assert 0 <= row[f"ov_{precision}_{key}"] <= 1
+        assert row[f"ov_{precision}_latency_ms_b1"] > 0
+    # same images, same graph as the Engine's post-processed outputs: f32 gives the same figures
+    assert abs(row["ov_f32_image_AUROC"] - row["image_AUROC"]) < 1e-3
+    assert abs(row["ov_f32_pixel_AUROC"] - row["pixel_AUROC"]) < 1e-3
+    assert row["ov_max_score_change"] >= 0

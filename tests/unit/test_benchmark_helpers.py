@@ -256,3 +256,16 @@ def test_raw_score_metrics_see_the_scores_before_post_processing(tmp_path: Path)
     assert Recording.largest > 1  # normalised scores are clamped to [0, 1]
     assert set(raw.results) == {"raw_image_AUROC", "raw_pixel_AUROC", "raw_pixel_AUPRO"}
     assert raw.results["raw_image_AUROC"] >= normalised["image_AUROC"] - 1e-6  # the clamp only ties scores
+
+
+def test_prepare_steps_make_missing_paths_only_and_check_they_were_made(tmp_path: Path) -> None:
+    made = tmp_path / "made.txt"
+    step = {"path": str(made), "function": "pathlib.Path.write_text", "init_args": {"data": "x"}}
+    benchmark.prepare_files({"prepare": [step]})
+    assert made.read_text() == "x"
+    made.write_text("kept")
+    benchmark.prepare_files({"prepare": [step]})  # exists: not redone
+    assert made.read_text() == "kept"
+    silent = {"path": str(tmp_path / "never"), "function": "builtins.print"}
+    with pytest.raises(RuntimeError, match="did not write"):
+        benchmark.prepare_files({"prepare": [silent]})
