@@ -29,7 +29,7 @@ def _pair(**hypad_kwargs: object) -> tuple[EfficientAdModel, HypADModel]:
     return reference, model
 
 
-EUCLIDEAN = {"c": 0.0, "clip_radius": math.inf, "projection": "identity", "augmentation_prob": 1.0}
+EUCLIDEAN = {"c": 0.0, "clip_radius": math.inf, "projection": "identity"}
 
 
 @pytest.fixture(scope="module")
@@ -216,10 +216,21 @@ def test_clipping_with_c0_is_valid_and_direction_only(images: tuple[torch.Tensor
     assert torch.isfinite(out.anomaly_map).all()
 
 
-def test_augmentation_probability() -> None:
-    _, model = _pair(augmentation_prob=0.0)
+def test_augmentation_is_efficientads_by_default_and_a_probability_optionally() -> None:
+    """Default: every AE view jittered with EfficientAD's random stream; ``augmentation_prob`` < 1 skips some."""
     image = torch.rand(1, 3, 8, 8)
-    assert torch.equal(model.augment(image), image)
+    default = HypADModel()
+    assert default.augmentation_prob == 1.0
+    for seed in range(5):
+        torch.manual_seed(seed)
+        augmented = default.augment(image)
+        torch.manual_seed(seed)
+        torch.testing.assert_close(augmented, EfficientAdModel.choose_random_aug_image(image), rtol=0, atol=0)
+    assert torch.equal(HypADModel(augmentation_prob=0.0).augment(image), image)
+    literal = HypADModel(augmentation_prob=0.2)
+    torch.manual_seed(0)
+    unchanged = sum(torch.equal(literal.augment(image), image) for _ in range(200))
+    assert 140 <= unchanged <= 180  # about 80 % unaugmented
 
 
 class _Outputs(torch.nn.Module):

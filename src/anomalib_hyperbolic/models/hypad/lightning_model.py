@@ -3,7 +3,7 @@
 EfficientAD's student-teacher-autoencoder whose features are clipped, mapped into the Poincaré ball
 and compared with the hyperbolic distance. Training recipe of HypAD section 4.2: Adam, lr 1e-4 with
 a step decay, batch size 1, 256x256 images, ImageNet normalisation (inside the PDN, as anomalib's
-EfficientAd), colour jitter with probability 0.2 on the autoencoder view, none at evaluation.
+EfficientAd), colour jitter of strength 0.2 on every autoencoder view (EfficientAD's), none at evaluation.
 
 Example:
     >>> from anomalib.engine import Engine
@@ -122,8 +122,8 @@ class HypAD(PortableCheckpointMixin, AnomalibModule):
         model_size: PDN size of teacher and student, ``"small"`` (PDN-S, paper default) or ``"medium"``.
         teacher_out_channels: Teacher output channels (384).
         c: Curvature ``c >= 0`` of the ball (``0.01``, HypAD section 4.2 / Table 4). ``c=0`` is
-            Euclidean: with ``clip_radius=inf``, ``projection="identity"`` and
-            ``augmentation_prob=1`` the model is anomalib's EfficientAd.
+            Euclidean: with ``clip_radius=inf`` and ``projection="identity"`` the model is
+            anomalib's EfficientAd.
         learn_curvature: Learn ``c`` (``softplus`` parameter, kept positive, initialised at ``c``).
         clip_radius: Feature-clipping radius (2.3, HypAD section 4.2); ``inf`` disables it.
         projection: Projection (pooling) module before the exponential map: ``"avgpool"`` (channel
@@ -132,7 +132,9 @@ class HypAD(PortableCheckpointMixin, AnomalibModule):
         discrepancy: How the hyperbolic distance replaces EfficientAD's per-element squared
             difference: ``"tangent"`` (default; exact EfficientAD at ``c=0``), ``"location"`` or
             ``"channel"``; see :mod:`anomalib_hyperbolic.models.hypad.loss`.
-        augmentation_prob: Probability of the colour jitter of the autoencoder view (0.2).
+        augmentation_prob: Probability of the colour jitter (strength 0.2) of the autoencoder view:
+            1.0 (default; EfficientAD's always-on jitter, our reading of HypAD section 4.2) or e.g.
+            0.2 (the literal "with a probability of 0.2" reading); see ``HypADModel.augment``.
         penalty: ``"unclipped"`` (default: the penalty sees the projected student output before
             clipping, EfficientAD's ``mean(s^2)``) or ``"clipped"`` (HypAD v1: after clipping, a
             constant without gradient at ``r = 2.3``); see ``HypADModel.penalty_loss``.
@@ -173,7 +175,7 @@ class HypAD(PortableCheckpointMixin, AnomalibModule):
         projection: str = "avgpool",
         projection_kernel: int = 2,
         discrepancy: str = "tangent",
-        augmentation_prob: float = 0.2,
+        augmentation_prob: float = 1.0,
         penalty: str = "unclipped",
         teacher_weights: str | Path | None = None,
         pretrained_teacher: bool = True,

@@ -12,7 +12,7 @@ What changes (HypAD section 3.2):
    student-AE loss, both anomaly maps) is replaced by the hyperbolic discrepancy of
    :func:`~anomalib_hyperbolic.models.hypad.loss.hyperbolic_discrepancy` (eqs. (2), (6)).
 
-With ``c=0``, ``clip_radius=inf``, ``projection="identity"`` and ``augmentation_prob=1`` the model
+With ``c=0``, ``clip_radius=inf`` and ``projection="identity"`` the model
 computes exactly what anomalib's ``EfficientAdModel`` computes (same random-number stream, same
 losses and maps).
 """
@@ -87,8 +87,9 @@ class HypADModel(EfficientAdModel):
         projection_kernel: Channel-pooling kernel of the ``"avgpool"`` projection.
         discrepancy: ``"tangent"`` (default), ``"location"`` or ``"channel"``, see
             :mod:`anomalib_hyperbolic.models.hypad.loss`.
-        augmentation_prob: Probability of colour-jittering the autoencoder view (0.2 in HypAD
-            section 4.2; EfficientAD always jitters, i.e. 1.0).
+        augmentation_prob: Probability of colour-jittering the autoencoder view: 1.0 (default, every
+            step, as EfficientAD: the paper's jitter strength 0.2 read as such, see :meth:`augment`);
+            0.2 is the literal "probability of 0.2" reading.
         penalty: ImageNet penalty of the student: ``"unclipped"`` (default) takes the discrepancy to the
             origin of the projected student output *before* clipping, ``mean(p^2)`` (EfficientAD's
             ``mean(s^2)``, see :meth:`penalty_loss`); ``"clipped"`` (HypAD v1) takes it after clipping,
@@ -108,7 +109,7 @@ class HypADModel(EfficientAdModel):
         projection: str = "avgpool",
         projection_kernel: int = 2,
         discrepancy: str = "tangent",
-        augmentation_prob: float = 0.2,
+        augmentation_prob: float = 1.0,
         penalty: str = "unclipped",
         hard_quantile: float = 0.999,
         padding: bool = False,
@@ -205,11 +206,17 @@ class HypADModel(EfficientAdModel):
         return torch.mean(tangent.pow(2))
 
     def augment(self, image: torch.Tensor) -> torch.Tensor:
-        """HypAD section 4.2: RandomChoice of ColorJitter(brightness/contrast/saturation=0.2) with prob. p.
+        """Colour jitter of the autoencoder view (HypAD section 4.2), anomalib's ``choose_random_aug_image``.
 
-        Reuses anomalib's ``choose_random_aug_image`` (factor ~ U(0.8, 1.2) of one randomly chosen
-        jitter, i.e. ``ColorJitter(x=0.2)``). With ``p == 1`` no extra random number is drawn, so
-        the random stream is EfficientAd's.
+        The paper: "ColorJitter is used to randomly enhance the brightness, contrast, and saturation
+        of an image with a probability of 0.2, i.e. RandomChoice([ColorJitter(brightness=0.2),
+        ColorJitter(contrast=0.2), ColorJitter(saturation=0.2)])". The "i.e." spells the 0.2 out as
+        the jitter *strength* (factor ~ U(0.8, 1.2) of one randomly chosen jitter), which is
+        EfficientAD's augmentation ("following [1]"), applied to every training image. That reading
+        is the default, ``augmentation_prob=1``: no extra random number is drawn, so the random
+        stream is EfficientAd's. ``augmentation_prob < 1`` applies the jitter with that probability
+        (``0.2``: the literal reading, HypAD v1's default, which leaves 80 % of the AE steps
+        unaugmented).
         """
         if self.augmentation_prob >= 1.0:
             return self.choose_random_aug_image(image)
