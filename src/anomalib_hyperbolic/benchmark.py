@@ -152,21 +152,28 @@ def expand_seeds(config: dict[str, Any]) -> list[dict[str, Any]]:
     A model with ``seeds: [0, 1, 2]`` becomes cells ``"<name> s0"``, ``"<name> s1"``, ``"<name> s2"``
     with ``seed`` set and ``group: <name>``, the key by which :func:`seed_summary` aggregates them. A
     model with its own ``seed`` (and no ``seeds``) stays one cell, as does every model when neither
-    the model nor the config lists seeds.
+    the model nor the config lists seeds. Cells come seed-major: every model's first seed, then every
+    model's second, so that an interrupted grid has whole rounds of the models.
     """
     default = config.get("seeds")
-    cells = []
+    rounds: list[list[dict[str, Any]]] = []
     for spec in config["models"]:
         spec = {key: value for key, value in spec.items() if key != "smoke"}
         seeds = spec.pop("seeds", None if "seed" in spec else default)
         if seeds is None:
-            cells.append(spec)
-            continue
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) for seed in seeds):
+            expanded = [spec]
+        elif not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) for seed in seeds):
             msg = f"benchmark model {spec['name']!r}: seeds must be a non-empty list of integers, got {seeds!r}"
             raise ValueError(msg)
-        cells += [{**spec, "name": f"{spec['name']} s{seed}", "seed": seed, "group": spec["name"]} for seed in seeds]
-    return cells
+        else:
+            expanded = [
+                {**spec, "name": f"{spec['name']} s{seed}", "seed": seed, "group": spec["name"]} for seed in seeds
+            ]
+        for index, cell in enumerate(expanded):
+            if index == len(rounds):
+                rounds.append([])
+            rounds[index].append(cell)
+    return [cell for cells in rounds for cell in cells]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,6 +519,7 @@ def run_cell(
         model.cpu()
         row.update(precision_effect(config, spec, model, datamodule, cell_dir / "export_precision"))
     row["split_sizes"] = split_sizes
+    row["code_version"] = _code_version()
     row["seed"] = cell_seed(config, spec)
     if "group" in spec:
         row["group"] = spec["group"]
@@ -603,6 +611,25 @@ def _precision_effect(
         figures[f"ov_{precision}_latency_ms_b1"] = seconds * 1000
     figures["ov_max_score_change"] = float(np.max(np.abs(np.subtract(*[scores[p] for p in PRECISIONS]))))
     return figures
+
+
+def _code_version() -> str:
+    """``git describe``-like ``<commit>[+changes]`` of the package's checkout, or ``unknown``."""
+    root = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}+changes" if changed else commit
 
 
 def time_model(
