@@ -480,6 +480,8 @@ def run_cell(
 
     from anomalib_hyperbolic.metrics import RawScoreMetrics
 
+    if spec.get("latency_only"):
+        return latency_only_cell(config, spec, cell_dir)
     datamodule, split_sizes, model = _prepare(config, spec)
     raw_scores = RawScoreMetrics(pixel_metrics=bool(config.get("pixel_metrics", True)))
     initial = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()} if weights else {}
@@ -665,12 +667,53 @@ def _machine() -> str:
     return f"{model}, {os.cpu_count()} cpus"
 
 
-def time_cell(config: dict[str, Any], spec: dict[str, Any], row: dict[str, Any], weights: Path) -> dict[str, Any]:
-    """Rebuild a cell trained elsewhere, load its saved state, and add this CPU's latency to its row."""
+def _untrained_model(config: dict[str, Any], spec: dict[str, Any]) -> Any:
+    """A latency-only cell's model: built, not trained, its ``latency_only.buffers`` filled with noise.
+
+    ``latency_only: {buffers: {model.memory_bank: [74137, 152]}}`` gives anomalib's PatchCore the
+    memory bank it would keep from a larger training set, so its latency can be timed without
+    training on that set. Values are seeded Gaussian noise: only their shape matters for timing.
+    """
     import torch
 
     _, _, model = _prepare(config, spec)
-    load_trained_state(model, torch.load(weights, map_location="cpu", weights_only=True))
+    generator = torch.Generator().manual_seed(cell_seed(config, spec))
+    for key, shape in ((spec["latency_only"] or {}).get("buffers") or {}).items():
+        module_name, _, name = key.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        if name not in module._buffers:
+            msg = f"latency_only.buffers: {key!r} is not a registered buffer of {spec['class_path']}"
+            raise ValueError(msg)
+        module._buffers[name] = torch.randn(*shape, generator=generator)
+    return model.eval()
+
+
+def latency_only_cell(config: dict[str, Any], spec: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
+    """A cell that is timed, not trained (see :func:`_untrained_model`).
+
+    With ``latency: false`` its timing is left to ``--time-only``.
+    """
+    row: dict[str, Any] = {"name": spec["name"], "latency_only": spec["latency_only"], "class_path": spec["class_path"]}
+    row["init_args"] = spec.get("init_args", {})
+    if config.get("latency", {}) is not False:
+        row.update(time_model(config, _untrained_model(config, spec), cell_dir / "export"))
+        row["latency_machine"] = _machine()
+    row["code_version"] = _code_version()
+    return row
+
+
+def time_cell(config: dict[str, Any], spec: dict[str, Any], row: dict[str, Any], weights: Path) -> dict[str, Any]:
+    """Rebuild a cell trained elsewhere, load its saved state, and add this CPU's latency to its row.
+
+    A latency-only cell needs no saved state: it is rebuilt as :func:`_untrained_model` makes it.
+    """
+    import torch
+
+    if spec.get("latency_only"):
+        model = _untrained_model(config, spec)
+    else:
+        _, _, model = _prepare(config, spec)
+        load_trained_state(model, torch.load(weights, map_location="cpu", weights_only=True))
     model.eval()
     # `latency_after`: the timing settings of a grid trained with `latency: false`
     timed = time_model(config, model, settings=config.get("latency_after") or config.get("latency") or {})
@@ -807,9 +850,10 @@ def _untimed_reason(output: Path, name: str) -> str:
     target = _cell_file(output, name)
     if not target.is_file():
         return "not trained yet"
-    if "torch_latency_ms_b1" in json.loads(target.read_text()):
+    row = json.loads(target.read_text())
+    if "torch_latency_ms_b1" in row:
         return "already timed"
-    if not _weights_file(output, name).is_file():
+    if not row.get("latency_only") and not _weights_file(output, name).is_file():
         return f"no saved weights at {_weights_file(output, name)}"
     return ""
 

@@ -244,3 +244,33 @@ def test_precision_effect_scores_the_test_images_with_openvino_at_both_precision
     assert abs(row["ov_f32_image_AUROC"] - row["image_AUROC"]) < 1e-3
     assert abs(row["ov_f32_pixel_AUROC"] - row["pixel_AUROC"]) < 1e-3
     assert row["ov_max_score_change"] >= 0
+
+
+def test_latency_only_cell_times_an_untrained_model_with_the_buffers_it_is_given(tmp_path: Path) -> None:
+    """`latency_only`: PatchCore timed with the memory bank a larger training set would give, no training."""
+    import pytest
+
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=2, n_test_good=1, n_test_defect=1, image_size=64)
+    config = {
+        "image_size": 64,
+        "latency": {"runs": 20, "warmup": 1, "batch_sizes": [1]},
+        "data": {
+            "class_path": "anomalib.data.MVTecAD",
+            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0},
+        },
+    }
+    spec = {
+        "name": "Patchcore big bank",
+        "class_path": "anomalib.models.Patchcore",
+        "init_args": {"backbone": "resnet18", "pre_trained": False, "layers": ["layer2"]},
+        "latency_only": {"buffers": {"model.memory_bank": [5000, 128]}},
+    }
+    model = benchmark._untrained_model(config, spec)
+    assert tuple(model.model.memory_bank.shape) == (5000, 128)
+    row = benchmark.run_cell(config, spec, tmp_path / "cell")
+    assert row["torch_latency_ms_b1"] > 0
+    assert row["openvino_latency_ms_b1"] > 0
+    assert "image_AUROC" not in row
+    wrong = {**spec, "latency_only": {"buffers": {"model.no_such_bank": [2, 2]}}}
+    with pytest.raises(ValueError, match="not a registered buffer"):
+        benchmark._untrained_model(config, wrong)
