@@ -34,7 +34,7 @@ def test_protocol_runs_at_smoke_size(protocol: str, tmp_path: Path, monkeypatch:
     expected = [spec["name"] for spec in config["models"]]
     finished = sorted(row["name"] for row in rows)
     assert finished == sorted(expected), f"cells that failed: {sorted(set(expected) - set(finished))}"
-    for row in rows:
+    for row in (row for row in rows if not row.get("latency_only")):
         assert 0 <= row["image_AUROC"] <= 1, row["name"]
         assert 0 <= row["raw_image_AUROC"] <= 1, row["name"]
     output = Path(config["output"])
