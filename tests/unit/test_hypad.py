@@ -304,3 +304,89 @@ def test_penalty_closed_form_is_the_discrepancy_to_the_origin(mode: str, c: floa
     embedded = embed_to_ball(model.projection(student), c, mode)
     on_ball = hyperbolic_discrepancy(torch.zeros_like(embedded), embedded, c, mode)
     torch.testing.assert_close(model.penalty_loss(student), on_ball.mean())
+
+
+def test_learnt_curvature_has_no_weight_decay_and_a_positive_loss_gradient(
+    images: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """The optimiser excludes ``c`` from weight decay; the losses grow with ``c`` (dL/dc > 0, so c collapses)."""
+    from lightning.pytorch import Trainer
+
+    model = HypAD(c=0.05, learn_curvature=True, pretrained_teacher=False, imagenet_dir=None)
+    model.trainer = Trainer(max_steps=10, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    optimizer = model.configure_optimizers()["optimizer"]
+    networks, curvature = optimizer.param_groups
+    assert curvature["params"] == [model.model.curvature_raw]
+    assert curvature["weight_decay"] == 0.0
+    assert networks["weight_decay"] == model.weight_decay == 1e-5
+    assert {id(p) for p in networks["params"]} == {
+        id(p) for p in [*model.model.student.parameters(), *model.model.ae.parameters()]
+    }
+    fixed = HypAD(pretrained_teacher=False, imagenet_dir=None)
+    fixed.trainer = model.trainer
+    assert len(fixed.configure_optimizers()["optimizer"].param_groups) == 1
+
+    batch, imagenet = images
+    network = model.model.train()
+    network.mean_std.update({"mean": torch.zeros(1, CH, 1, 1), "std": torch.ones(1, CH, 1, 1)})
+    torch.manual_seed(0)
+    loss_st, loss_ae, loss_stae = network(batch, imagenet)
+    for loss in (loss_st, loss_ae, loss_stae):
+        (gradient,) = torch.autograd.grad(loss, network.curvature_raw, retain_graph=True)
+        assert gradient > 0
+
+
+def test_hyperbolic_path_matches_geoopt(images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """c = 0.1 with pooling and clipping: losses and maps against an independent computation with geoopt.
+
+    Hand-written channel pooling and clipping, geoopt's ``expmap0``, ``mobius_add``, ``logmap0`` and
+    ``dist`` (HypAD eqs. (1), (2), (4), (6)); float64.
+    """
+    import geoopt
+    import torch.nn.functional as F
+
+    c = 0.1
+    ball = geoopt.PoincareBall(c=c).double()  # geoopt keeps c (and sqrt(c)) in float32 otherwise
+    radius, half = 2.3, CH // 2
+    _, model = _pair(c=c)
+    model = model.double()
+    batch, imagenet = (image.double() for image in images)
+
+    def embed(features: torch.Tensor) -> torch.Tensor:  # (B, 384, H, W) -> points (B, H, W, 192)
+        b, _, h, w = features.shape
+        pooled = features.reshape(b, half, 2, h, w).mean(2).permute(0, 2, 3, 1)
+        clipped = pooled * torch.clamp(radius / pooled.norm(dim=-1, keepdim=True), max=1.0)
+        return ball.expmap0(clipped)
+
+    def discrepancy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # per element, channels last
+        return ball.logmap0(ball.mobius_add(-x, y)).pow(2)
+
+    def teacher(image: torch.Tensor) -> torch.Tensor:
+        return (model.teacher(image) - model.mean_std["mean"]) / model.mean_std["std"]
+
+    with torch.no_grad():
+        model.train()
+        torch.manual_seed(3)
+        losses = torch.stack(model(batch, imagenet))
+
+        student = model.student(batch)
+        d_st = discrepancy(embed(teacher(batch)), embed(student[:, :CH]))
+        hard = d_st[d_st >= torch.quantile(d_st.flatten(), 0.999)].mean()
+        pooled = model.student(imagenet)[:, :CH].reshape(1, half, 2, 56, 56).mean(2).permute(0, 2, 3, 1)
+        penalty = (ball.dist0(ball.expmap0(pooled)) / 2).pow(2).mean() / half  # D(0, exp_0(p)), unclipped
+        torch.manual_seed(3)
+        augmented = EfficientAdModel.choose_random_aug_image(batch)
+        ae = embed(model.ae(augmented, batch.shape[-2:]))
+        loss_ae = discrepancy(embed(teacher(augmented)), ae).mean()
+        loss_stae = discrepancy(ae, embed(model.student(augmented)[:, CH:])).mean()
+        expected = torch.stack([hard + penalty, loss_ae, loss_stae])
+        torch.testing.assert_close(losses, expected, rtol=1e-7, atol=0)  # geoopt's own error: ~2e-8
+
+        model.eval()
+        maps = model.get_maps(batch)
+        student = model.student(batch)
+        pairs = [(teacher(batch), student[:, :CH]), (model.ae(batch, batch.shape[-2:]), student[:, CH:])]
+        for actual, (x, y) in zip(maps, pairs, strict=True):
+            raw = (ball.dist(embed(x), embed(y)) / 2).pow(2) / half  # channel mean = (d_c / 2)^2 / C
+            expected_map = F.interpolate(F.pad(raw[:, None], (4, 4, 4, 4)), size=(SIZE, SIZE), mode="bilinear")
+            torch.testing.assert_close(actual, expected_map, rtol=1e-7, atol=1e-12)

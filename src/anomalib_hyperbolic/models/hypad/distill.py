@@ -26,22 +26,64 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms.v2 import Compose, Resize
 
-from .lightning_model import ImageFileDataset, list_images
 from .torch_model import EfficientAdModelSize, parse_model_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["build_pdn", "distill_teacher", "main"]
+__all__ = ["ImageFileDataset", "build_pdn", "distill_teacher", "list_images", "main"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder: str | Path, argument: str = "image_dir") -> list[Path]:
+    """All image files below ``folder`` (recursive, sorted); clear ``ValueError`` when there are none."""
+    root = Path(folder)
+    if not root.is_dir():
+        msg = f"`{argument}={str(folder)!r}` is not a readable directory."
+        raise ValueError(msg)
+    try:
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    except OSError as error:
+        msg = f"`{argument}={str(folder)!r}` cannot be read: {error}"
+        raise ValueError(msg) from error
+    if not files:
+        msg = f"`{argument}={str(folder)!r}` contains no images ({', '.join(IMAGE_EXTENSIONS)})."
+        raise ValueError(msg)
+    return files
+
+
+class ImageFileDataset(Dataset):
+    """RGB float images in ``[0, 1]`` from a list of files, with an optional transform."""
+
+    def __init__(self, files: Sequence[Path], transform: Any = None) -> None:
+        self.files = list(files)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """Image ``index`` as a ``(3, H, W)`` float tensor; ``ValueError`` naming an unreadable file."""
+        from anomalib.data.utils import read_image
+
+        try:
+            image = read_image(self.files[index], as_tensor=True)
+        except Exception as error:
+            msg = f"Cannot read image {str(self.files[index])!r}: {error}"
+            raise ValueError(msg) from error
+        return self.transform(image) if self.transform is not None else image
 
 
 def build_pdn(model_size: EfficientAdModelSize | str = "small", out_channels: int = 384) -> nn.Module:

@@ -19,12 +19,12 @@ losses and maps).
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 
 import torch
 import torch.nn.functional as F
-from anomalib.data import InferenceBatch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, EfficientAdModelSize
 from torch import nn
 
@@ -32,10 +32,75 @@ from anomalib_hyperbolic.geometry import clip_features, validate_curvature
 
 from .loss import DISCREPANCY_MODES, embed_to_ball, hard_feature_loss, hyperbolic_discrepancy
 
-__all__ = ["PENALTIES", "PROJECTIONS", "ChannelAvgPool", "HypADModel", "load_teacher_weights", "parse_model_size"]
+__all__ = [
+    "ANOMALIB_API",
+    "PENALTIES",
+    "PROJECTIONS",
+    "ChannelAvgPool",
+    "HypADModel",
+    "check_anomalib_api",
+    "load_teacher_weights",
+    "parse_model_size",
+]
 
 PROJECTIONS = ("avgpool", "identity")
 PENALTIES = ("unclipped", "clipped")
+
+#: The anomalib methods HypAD relies on, with their parameters: the hooks ``EfficientAdModel.forward``
+#: calls (overridden by :class:`HypADModel`), the private helpers it uses, and the ``EfficientAd``
+#: methods the Lightning module overrides or inherits. :func:`check_anomalib_api` checks them.
+ANOMALIB_API: dict[str, tuple[str, ...]] = {
+    "EfficientAdModel.compute_student_teacher_distance": ("self", "batch"),
+    "EfficientAdModel.compute_losses": ("self", "batch", "batch_imagenet", "distance_st"),
+    "EfficientAdModel.compute_maps": ("self", "batch", "student_output", "distance_st", "normalize"),
+    "EfficientAdModel._normalize_teacher": ("self", "teacher_output"),
+    "EfficientAdModel._is_set_tensor": ("p_dic",),
+    "EfficientAdModel.choose_random_aug_image": ("image",),
+    "EfficientAd.__init__": (
+        "self",
+        "imagenet_dir",
+        "teacher_out_channels",
+        "model_size",
+        "lr",
+        "weight_decay",
+        "padding",
+        "pad_maps",
+        "pre_processor",
+        "post_processor",
+        "evaluator",
+        "visualizer",
+    ),
+    "EfficientAd.prepare_pretrained_model": ("self",),
+    "EfficientAd.prepare_imagenette_data": ("self", "image_size"),
+    "EfficientAd.teacher_channel_mean_std": ("self", "dataloader"),
+    "EfficientAd.map_norm_quantiles": ("self", "dataloader"),
+    "EfficientAd.training_step": ("self", "batch", "args", "kwargs"),
+}
+
+
+def check_anomalib_api() -> None:
+    """Raise ``RuntimeError`` naming every :data:`ANOMALIB_API` method anomalib lacks or changed.
+
+    Without this, a renamed hook would silently turn HypAD into EfficientAd (its ``forward`` would
+    call anomalib's own ``compute_losses``) or fail deep inside training.
+    """
+    import anomalib
+    from anomalib.models.image.efficient_ad.lightning_model import EfficientAd
+
+    owners = {"EfficientAdModel": EfficientAdModel, "EfficientAd": EfficientAd}
+    problems = []
+    for name, expected in ANOMALIB_API.items():
+        owner, method = name.split(".")
+        function = getattr(owners[owner], method, None)
+        found = None if function is None else tuple(inspect.signature(function).parameters)
+        if found != expected:
+            problems.append(f"{name}{expected}: " + ("missing" if found is None else f"now has {found}"))
+    if problems:
+        msg = (
+            f"anomalib {anomalib.__version__} changed EfficientAd methods HypAD builds on ({'; '.join(problems)}). "
+            "Update anomalib_hyperbolic.models.hypad (ANOMALIB_API) or install the anomalib 2.7 it was written for."
+        )
+        raise RuntimeError(msg)
 
 
 def parse_model_size(model_size: EfficientAdModelSize | str) -> EfficientAdModelSize:
@@ -115,6 +180,7 @@ class HypADModel(EfficientAdModel):
         padding: bool = False,
         pad_maps: bool = True,
     ) -> None:
+        check_anomalib_api()
         size = parse_model_size(model_size)
         validate_curvature(c, "c")
         if learn_curvature and float(c) <= 0:
@@ -173,14 +239,18 @@ class HypADModel(EfficientAdModel):
 
     # ------------------------------------------------------------------ feature pipeline
     def to_ball(self, features: torch.Tensor) -> torch.Tensor:
-        """Projection -> clipping to ``r`` -> ``expmap0`` (HypAD Fig. 3, eq. (4)); per location."""
+        """Projection -> clipping to ``r`` -> ``expmap0`` (HypAD Fig. 3, eq. (4) with ``h0 = 0``); per location."""
         projected = self.projection(features)
         clipped = clip_features(projected, radius=self.clip_radius, dim=1)
         return embed_to_ball(clipped, self.curvature, self.discrepancy)
 
+    def ball_discrepancy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-element hyperbolic discrepancy of two maps of points on the ball (HypAD eqs. (2), (6))."""
+        return hyperbolic_discrepancy(x, y, self.curvature, self.discrepancy)
+
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Hyperbolic discrepancy of two feature maps (Euclidean outputs of the networks)."""
-        return hyperbolic_discrepancy(self.to_ball(x), self.to_ball(y), self.curvature, self.discrepancy)
+        return self.ball_discrepancy(self.to_ball(x), self.to_ball(y))
 
     def penalty_loss(self, student_output: torch.Tensor) -> torch.Tensor:
         """EfficientAD's out-of-distribution penalty ``mean(s^2)`` in the ball: ``mean(D(0, h))``.
@@ -224,25 +294,15 @@ class HypADModel(EfficientAdModel):
             return image
         return self.choose_random_aug_image(image)
 
-    # ------------------------------------------------------------------ EfficientAdModel overrides
-    def forward(
-        self,
-        batch: torch.Tensor,
-        batch_imagenet: torch.Tensor | None = None,
-        normalize: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | InferenceBatch:
-        """Training: ``(loss_st, loss_ae, loss_stae)``; evaluation: anomaly map and score.
-
-        Image score = maximum of the combined map (HypAD section 4.3.2).
-        """
-        return super().forward(batch, batch_imagenet=batch_imagenet, normalize=normalize)
-
+    # ------------------------------------------------------------------ EfficientAdModel hooks
+    # anomalib's ``EfficientAdModel.forward`` calls these three (see ANOMALIB_HOOKS); each network
+    # output is mapped to the ball once.
     def compute_student_teacher_distance(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Student output and the student-teacher discrepancy (replaces ``(t - s)^2``)."""
+        """Student output and the student-teacher discrepancy ``D(h_t, h_s)`` (replaces ``(t - s)^2``)."""
         with torch.no_grad():
-            teacher_output = self._normalize_teacher(self.teacher(batch))
+            teacher_ball = self.to_ball(self._normalize_teacher(self.teacher(batch)))
         student_output = self.student(batch)
-        distance_st = self.distance(teacher_output, student_output[:, : self.teacher_out_channels])
+        distance_st = self.ball_discrepancy(teacher_ball, self.to_ball(student_output[:, : self.teacher_out_channels]))
         return student_output, distance_st
 
     def compute_losses(
@@ -251,28 +311,23 @@ class HypADModel(EfficientAdModel):
         batch_imagenet: torch.Tensor | None,
         distance_st: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """EfficientAD's three losses with hyperbolic discrepancies (HypAD eq. (6)).
+        """EfficientAD's three losses with the hyperbolic discrepancy (HypAD eq. (6)).
 
-        * ``loss_st``: hard-feature loss (mean of the discrepancies above their 99.9 % quantile)
-          plus, when ImageNet images are given, the penalty ``mean(D(0, student(imagenet)))``
-          (EfficientAD's ``mean(s^2)``: discrepancy to the origin of the ball, :meth:`penalty_loss`).
-        * ``loss_ae``: ``mean(D(teacher(aug), ae(aug)))``.
+        * ``loss_st``: hard-feature loss (mean of the discrepancies at or above their 99.9 % quantile)
+          plus, with penalty images, :meth:`penalty_loss` (EfficientAD's ``mean(s^2)``);
+        * ``loss_ae``: ``mean(D(teacher(aug), ae(aug)))``;
         * ``loss_stae``: ``mean(D(ae(aug), student_ae(aug)))``.
         """
-        loss_hard = hard_feature_loss(distance_st, self.hard_quantile)
+        loss_st = hard_feature_loss(distance_st, self.hard_quantile)
         if batch_imagenet is not None:
-            loss_st = loss_hard + self.penalty_loss(self.student(batch_imagenet)[:, : self.teacher_out_channels])
-        else:
-            loss_st = loss_hard
-
+            loss_st = loss_st + self.penalty_loss(self.student(batch_imagenet)[:, : self.teacher_out_channels])
         aug_img = self.augment(batch)
-        ae_output_aug = self.ae(aug_img, batch.shape[-2:])
+        ae_ball = self.to_ball(self.ae(aug_img, batch.shape[-2:]))
         with torch.no_grad():
-            teacher_output_aug = self._normalize_teacher(self.teacher(aug_img))
-        student_output_ae_aug = self.student(aug_img)[:, self.teacher_out_channels :]
-
-        loss_ae = torch.mean(self.distance(teacher_output_aug, ae_output_aug))
-        loss_stae = torch.mean(self.distance(ae_output_aug, student_output_ae_aug))
+            teacher_ball = self.to_ball(self._normalize_teacher(self.teacher(aug_img)))
+        student_ball = self.to_ball(self.student(aug_img)[:, self.teacher_out_channels :])
+        loss_ae = torch.mean(self.ball_discrepancy(teacher_ball, ae_ball))
+        loss_stae = torch.mean(self.ball_discrepancy(ae_ball, student_ball))
         return loss_st, loss_ae, loss_stae
 
     def compute_maps(
@@ -284,32 +339,25 @@ class HypADModel(EfficientAdModel):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Local (student-teacher) and global (student-AE) maps: channel means of the discrepancies.
 
-        Padding, upsampling and the quantile normalisation ``0.1 (m - q_a) / (q_b - q_a)`` are
-        EfficientAD's (the normalisation uses anomalib's export-safe tensor selects).
+        anomalib's ``compute_maps`` computes the student-AE difference inline, so this is its code with
+        that one term replaced: padding, bilinear resizing and the quantile normalisation
+        ``0.1 (m - q_a) / (q_b - q_a)`` (export-safe selects) are EfficientAD's.
         """
         image_size = batch.shape[-2:]
         with torch.no_grad():
-            ae_output = self.ae(batch, image_size)
-            map_st = torch.mean(distance_st, dim=1, keepdim=True)
-            map_stae = torch.mean(
-                self.distance(ae_output, student_output[:, self.teacher_out_channels :]),
-                dim=1,
-                keepdim=True,
-            )
+            ae_ball = self.to_ball(self.ae(batch, image_size))
+            distance_stae = self.ball_discrepancy(ae_ball, self.to_ball(student_output[:, self.teacher_out_channels :]))
+            maps = [torch.mean(distance, dim=1, keepdim=True) for distance in (distance_st, distance_stae)]
         if self.pad_maps:
-            map_st = F.pad(map_st, (4, 4, 4, 4))
-            map_stae = F.pad(map_stae, (4, 4, 4, 4))
-        map_st = F.interpolate(map_st, size=image_size, mode="bilinear")
-        map_stae = F.interpolate(map_stae, size=image_size, mode="bilinear")
-
+            maps = [F.pad(anomaly_map, (4, 4, 4, 4)) for anomaly_map in maps]
+        maps = [F.interpolate(anomaly_map, size=image_size, mode="bilinear") for anomaly_map in maps]
         if normalize:
             is_set = self._is_set_tensor(self.quantiles)
-            q = self.quantiles
-            range_st = torch.where(is_set, q["qb_st"] - q["qa_st"], torch.ones_like(q["qa_st"]))
-            range_ae = torch.where(is_set, q["qb_ae"] - q["qa_ae"], torch.ones_like(q["qa_ae"]))
-            map_st = torch.where(is_set, 0.1 * (map_st - q["qa_st"]) / range_st, map_st)
-            map_stae = torch.where(is_set, 0.1 * (map_stae - q["qa_ae"]) / range_ae, map_stae)
-        return map_st, map_stae
+            for index, key in enumerate(("st", "ae")):
+                q_a, q_b = self.quantiles[f"qa_{key}"], self.quantiles[f"qb_{key}"]
+                spread = torch.where(is_set, q_b - q_a, torch.ones_like(q_a))
+                maps[index] = torch.where(is_set, 0.1 * (maps[index] - q_a) / spread, maps[index])
+        return maps[0], maps[1]
 
 
 def _extract_state_dict(loaded: object, path: str) -> dict[str, torch.Tensor]:
