@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from anomalib_hyperbolic.models import SimpleNet
-from anomalib_hyperbolic.models.simplenet import SimpleNetModel, TruncatedL1Loss
-from anomalib_hyperbolic.models.simplenet.torch_model import AdaptiveAvgPoolChannels, SimpleNetFeatureExtractor
+from anomalib_hyperbolic.models.simplenet import ExtendedSimpleNetModel, SimpleNetModel, TruncatedL1Loss, build_model
+from anomalib_hyperbolic.models.simplenet.feature_extractor import AdaptiveAvgPoolChannels, SimpleNetFeatureExtractor
+from anomalib_hyperbolic.models.simplenet.synthetic_defects import DefectBatch
 
 TINY = {
     "backbone": "resnet18",
@@ -22,8 +23,36 @@ TINY = {
 
 
 def tiny_model(**overrides) -> SimpleNetModel:
+    """The paper's model, or the extended one when an option beyond the paper is on."""
     torch.manual_seed(0)
-    return SimpleNetModel(**{**TINY, **overrides})
+    return build_model(**{**TINY, **overrides})
+
+
+class _Batch:
+    """The one field of an anomalib batch that ``training_step`` reads."""
+
+    def __init__(self, image: torch.Tensor) -> None:
+        self.image = image
+
+
+def _train_step(module: SimpleNet, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """``module.training_step`` without a trainer: the loss and what it logged."""
+    logged: dict[str, float] = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
+    module.model.train()
+    return module.training_step(_Batch(images))["loss"], logged
+
+
+class _RecordingLoss(TruncatedL1Loss):
+    """The truncated L1 loss, keeping each call's normal and anomalous scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, normal_scores, anomalous_scores):
+        self.calls.append((normal_scores.detach(), anomalous_scores.detach()))
+        return super().forward(normal_scores, anomalous_scores)
 
 
 # ------------------------------------------------------------------------------------------ shapes
@@ -31,17 +60,29 @@ def tiny_model(**overrides) -> SimpleNetModel:
     ("distance", "discriminator_input"), [("euclidean", "logmap"), ("poincare", "logmap"), ("poincare", "distance")]
 )
 def test_shapes_train_and_eval(distance, discriminator_input):
-    model = tiny_model(distance=distance, discriminator_input=discriminator_input)
+    module = SimpleNet(**TINY, distance=distance, discriminator_input=discriminator_input)
+    module.loss = _RecordingLoss()
     images = torch.randn(2, 3, 64, 64)
-    model.train()
-    normal, anomalous = model(images)
-    assert normal.shape == anomalous.shape == (2, 8, 8)  # layer2 grid of resnet18 at 64 px
-    model.eval()
+    loss, _ = _train_step(module, images)
+    ((normal, anomalous),) = module.loss.calls
+    assert normal.shape == anomalous.shape == (2 * 8 * 8,)  # layer2 grid of resnet18 at 64 px: 8 x 8
+    assert torch.isfinite(loss)
+    model = module.model.eval()
     with torch.no_grad():
         out = model(images)
     assert out.pred_score.shape == (2,)
     assert out.anomaly_map.shape == (2, 1, 64, 64)
     assert torch.isfinite(out.anomaly_map).all()
+
+
+def test_paper_arguments_build_the_paper_class():
+    """Every option beyond the paper off: the plain SimpleNetModel, with no extension attribute."""
+    assert type(tiny_model()) is SimpleNetModel
+    assert type(tiny_model(curvature=1e-4, discriminator_input="distance")) is SimpleNetModel  # no effect: Euclidean
+    for option in ({"relative_noise": True}, {"feature_standardization": True}, {"distance": "poincare"},
+                   {"ensemble_size": 2}):  # fmt: skip
+        assert type(tiny_model(**option)) is ExtendedSimpleNetModel
+    assert type(SimpleNet(**TINY).model) is SimpleNetModel
 
 
 def test_feature_extractor_matches_unfold_pool_resize_reference():
@@ -76,6 +117,7 @@ def test_adaptive_pool_channels_equals_torch(c_in, c_out):
 
 def test_adaptor_and_discriminator_structure():
     model = tiny_model()
+    assert model.heads() == [(model.adaptor, model.discriminator)]
     assert model.adaptor.bias is None
     assert model.adaptor.in_features == model.adaptor.out_features == 32
     layers = [type(m).__name__ for m in model.discriminator.modules()]
@@ -115,22 +157,21 @@ def test_truncated_l1_gradient_signs():
 # ------------------------------------------------------------------------------------------- noise
 @pytest.mark.parametrize("distance", ["euclidean", "poincare"])
 def test_noise_only_in_training(distance):
+    """Inference draws no noise (the same maps twice); eq. (6) moves every feature."""
     model = tiny_model(distance=distance)
     images = torch.randn(2, 3, 64, 64)
     model.eval()
     with torch.no_grad():
         first, second = model(images), model(images)
+        adapted = model.adaptor(model.features(images))
     torch.testing.assert_close(first.anomaly_map, second.anomaly_map, rtol=0, atol=0)
-    model.train()
-    torch.manual_seed(1)
-    normal, anomalous = model(images)
-    assert not torch.allclose(normal, anomalous)
+    assert (model.anomalous(adapted) != adapted).all(-1).all()
 
 
 def test_euclidean_noise_statistics():
     model = tiny_model(noise_std=0.05)
     points = torch.zeros(200, 32)
-    noise = model.generate_anomalous(points) - points
+    noise = model.anomalous(points) - points
     assert noise.std().item() == pytest.approx(0.05, rel=0.1)
     assert noise.mean().abs().item() < 0.01
 
@@ -138,14 +179,14 @@ def test_euclidean_noise_statistics():
 @pytest.mark.parametrize("distance", ["euclidean", "poincare"])
 def test_relative_noise_follows_feature_scale(distance):
     """sigma is relative to each feature's RMS entry: Euclidean std, or geodesic step 2 ||eps|| on the ball."""
-    from anomalib_hyperbolic.geometry import poincare_distance
+    from anomalib_hyperbolic.geometry import expmap0, poincare_distance
 
     model = tiny_model(noise_std=0.1, relative_noise=True, distance=distance, curvature=1e-4)
     for scale in (1.0, 10.0):
         adapted = torch.randn(400, 32) * scale
-        points = model.to_manifold(adapted)
+        points = adapted if distance == "euclidean" else expmap0(adapted, 1e-4)
         torch.manual_seed(0)
-        anomalous = model.generate_anomalous(points)
+        anomalous = model.anomalous(points)
         if distance == "euclidean":
             assert (anomalous - points).std().item() == pytest.approx(0.1 * scale, rel=0.15)
         else:
@@ -163,7 +204,7 @@ def test_poincare_noise_is_wrapped_normal():
     for scale in (0.0, 1.0, 3.0):
         points = expmap0(torch.randn(64, 32) * scale / 32**0.5, 0.5)
         torch.manual_seed(1)
-        anomalous = model.generate_anomalous(points)
+        anomalous = model.anomalous(points)
         torch.manual_seed(1)
         eps = torch.randn_like(points) * 0.01
         assert (0.5 * anomalous.pow(2).sum(-1) < 1).all()
@@ -173,13 +214,17 @@ def test_poincare_noise_is_wrapped_normal():
 
 
 def test_poincare_discriminator_sees_log_mapped_normals():
-    """With logmap input, normal features reach the discriminator unchanged (log_0 exp_0 = id)."""
-    model = tiny_model(distance="poincare", curvature=0.01)
-    adapted = torch.randn(5, 32) * 0.3
-    points = model.to_manifold(adapted)
-    from anomalib_hyperbolic.geometry import logmap0
+    """The head maps onto the ball; with logmap input, normal features reach D's first layer unchanged."""
+    from anomalib_hyperbolic.geometry import expmap0
 
-    torch.testing.assert_close(logmap0(points, 0.01), adapted, atol=1e-5, rtol=1e-4)
+    model = tiny_model(distance="poincare", curvature=0.01)
+    features = torch.randn(5, 32) * 0.3
+    points = model.adaptor(features)
+    linear = F.linear(features, model.adaptor.weight)
+    torch.testing.assert_close(points, expmap0(linear, 0.01))
+    torch.testing.assert_close(
+        model.discriminator.project(points), model.discriminator.input_layer(linear), atol=1e-5, rtol=1e-4
+    )
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -205,7 +250,9 @@ def test_poincare_discriminator_sees_log_mapped_normals():
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        SimpleNetModel(**{**TINY, **kwargs})
+        build_model(**{**TINY, **kwargs})
+    with pytest.raises(ValueError, match=match):
+        SimpleNet(**{**TINY, **kwargs})
 
 
 def test_unknown_layer_lists_valid_ones():
@@ -273,7 +320,7 @@ def _run_openvino(model_or_path, images):
 
 def _fitted(model: SimpleNetModel) -> SimpleNetModel:
     """Fit the standardisation statistics (when enabled) on shifted, scaled random images."""
-    if model.feature_standardization:
+    if getattr(model, "feature_standardization", False):
         torch.manual_seed(1)
         model.fit_feature_statistics(torch.randn(2, 3, 64, 64) * 2 + 1 for _ in range(2))
     return model.eval()
@@ -331,7 +378,7 @@ def test_fitted_statistics_standardise_the_fitting_features():
     assert bool(model.feature_statistics_fitted)
     with torch.no_grad():
         raw = model.feature_extractor(torch.cat(batches)).permute(0, 2, 3, 1).reshape(-1, 32)
-        standardized = model.extracted_features(torch.cat(batches)).reshape(-1, 32)
+        standardized = model.features(torch.cat(batches)).reshape(-1, 32)
     assert not torch.allclose(raw.mean(0), torch.zeros(32), atol=1e-2)  # the test means something
     torch.testing.assert_close(standardized.mean(0), torch.zeros(32), atol=1e-4, rtol=0)
     torch.testing.assert_close(standardized.std(0, unbiased=False), torch.ones(32), atol=1e-3, rtol=0)
@@ -366,8 +413,9 @@ def test_channel_moments_match_torch_and_refuse_nothing():
 def test_fit_feature_statistics_errors():
     with pytest.raises(ValueError, match="no images"):
         tiny_model(feature_standardization=True).fit_feature_statistics([])
+    assert not hasattr(tiny_model(), "fit_feature_statistics")  # the paper's model has no statistics
     with pytest.raises(RuntimeError, match="feature_standardization=True"):
-        tiny_model().fit_feature_statistics([torch.zeros(1, 3, 64, 64)])
+        tiny_model(relative_noise=True).fit_feature_statistics([torch.zeros(1, 3, 64, 64)])
 
 
 def _quiet_engine(root) -> object:
@@ -381,7 +429,7 @@ def _quiet_engine(root) -> object:
 def _assert_standardised(model: SimpleNetModel, images: torch.Tensor) -> None:
     """Every channel of the standardised features of ``images`` has mean 0."""
     with torch.no_grad():
-        standardized = model.extracted_features(images).reshape(-1, model.feature_mean.numel())
+        standardized = model.features(images).reshape(-1, model.feature_mean.numel())
     torch.testing.assert_close(standardized.mean(0), torch.zeros_like(standardized[0]), atol=1e-3, rtol=0)
 
 
@@ -399,17 +447,13 @@ def test_lightning_fit_fits_the_statistics_once(tmp_path):
     module = SimpleNet(
         **TINY, feature_standardization=True, synthetic_anomalies=True, synthetic_copies=2, synthetic_coverage=0.25
     )
-    calls, coverages = [], []
-    synthesize, head_training_scores = module.synthesize_anomalies, module.model.head_training_scores
-    module.synthesize_anomalies = lambda images: calls.append(len(images)) or synthesize(images)
-    module.model.head_training_scores = lambda *args, **kwargs: (
-        coverages.append(kwargs.get("min_coverage")) or head_training_scores(*args, **kwargs)
-    )
+    assert module.synthetic_defects.coverage == 0.25
+    calls = []
+    synthesize = module.synthetic_defects.synthesize
+    module.synthetic_defects.synthesize = lambda images, pre: calls.append(len(images)) or synthesize(images, pre)
     _quiet_engine(tmp_path / "run").fit(model=module, datamodule=datamodule)
     model = module.model
     assert calls == [4, 4]  # two training batches of two images, two defective copies each
-    assert coverages == [0.25, 0.25]
-    del model.head_training_scores
     assert bool(model.feature_statistics_fitted)
     images = torch.cat([module.pre_processor.transform(batch.image) for batch in datamodule.train_dataloader()])
     _assert_standardised(model, images)
@@ -427,31 +471,56 @@ def test_lightning_fit_fits_the_statistics_once(tmp_path):
 
 
 # ------------------------------------------------------------------------------ synthetic anomalies
-def test_training_scores_add_the_features_under_the_synthetic_masks():
-    model = tiny_model().train()
-    images = torch.randn(2, 3, 64, 64)
+def test_defect_batch_takes_the_features_of_the_covered_cells():
+    features = torch.randn(2, 8, 8, 32)
     masks = torch.zeros(2, 1, 64, 64)
-    normal, anomalous = model.training_scores(images, images.clone(), masks)
-    assert normal.shape == anomalous.shape == (2 * 8 * 8,)  # no mask: eq. (6) noise only
+    assert DefectBatch(features, masks, 1, 0.5).anomalous_features(features, 0).shape == (0, 32)  # no mask
     masks[0, :, :16, :] = 1  # the first two rows of the 8 x 8 grid of image 0
     masks[1, :, :, :3] = 1  # covers 3/8 of the first grid column: less than half, not taken
-    normal, anomalous = model.training_scores(images, images.clone(), masks)
-    assert anomalous.shape == (2 * 8 * 8 + 2 * 8,)
-    # the synthetic part holds exactly the masked cells of the synthetic images (eval: batch-independent D)
-    model.eval()
-    synthetic_images = images + 1.0
-    _, anomalous = model.training_scores(images, synthetic_images, masks)
-    expected = model.discriminate(model.to_manifold(model.adapted_features(synthetic_images)))[0, :2].flatten()
-    torch.testing.assert_close(anomalous[2 * 8 * 8 :], expected)
-    with pytest.raises(ValueError, match="mask"):
-        model.training_scores(images, images.clone(), None)
+    torch.testing.assert_close(
+        DefectBatch(features, masks, 1, 0.5).anomalous_features(features, 0), features[0, :2].flatten(0, 1)
+    )
     # a lower coverage threshold also takes the partly covered column of image 1 (3/8 > 1/4)
-    model.train()
-    _, anomalous = model.training_scores(images, images.clone(), masks, min_coverage=0.25)
-    assert anomalous.shape == (2 * 8 * 8 + 2 * 8 + 8,)
-    for bad in (-0.1, 1.0, float("nan")):
-        with pytest.raises(ValueError, match="min_coverage"):
-            model.training_scores(images, images.clone(), masks, min_coverage=bad)
+    taken = DefectBatch(features, masks, 1, 0.25).anomalous_features(features, 0)
+    torch.testing.assert_close(taken, torch.cat([features[0, :2].flatten(0, 1), features[1, :, 0]]))
+    # two groups (one per head): head k sees group k only
+    grouped = DefectBatch(features, masks, 2, 0.25)
+    torch.testing.assert_close(grouped.anomalous_features(features, 0), features[0, :2].flatten(0, 1))
+    torch.testing.assert_close(grouped.anomalous_features(features, 1), features[1, :, 0])
+
+
+def _controlled_defects(module: SimpleNet, shift: float = 1.0) -> list[torch.Tensor]:
+    """Replace the generator: defect copies are the images shifted by ``shift``, with fixed masks."""
+    masks_made = []
+
+    def synthesize(images, pre_processor):
+        masks = torch.zeros(images.shape[0], 1, *images.shape[-2:])
+        masks[0::2, :, :16, :] = 1  # every other copy: two rows of its 8 x 8 grid
+        masks_made.append(masks)
+        return images + shift, masks
+
+    module.synthetic_defects.synthesize = synthesize
+    return masks_made
+
+
+def test_training_step_adds_the_features_under_the_synthetic_masks():
+    """The eq. (6) noisy features, then each covered cell's adapted feature, in one discriminator batch."""
+    module = SimpleNet(**TINY, synthetic_anomalies=True, synthetic_copies=2)
+    _controlled_defects(module)
+    module.loss = _RecordingLoss()
+    images = torch.randn(2, 3, 64, 64)
+    _train_step(module, images)
+    ((normal, anomalous),) = module.loss.calls
+    assert normal.shape == (2 * 8 * 8,)
+    assert anomalous.shape == (2 * 8 * 8 + 2 * 2 * 8,)  # noise per normal feature + two covered rows in 2 of 4 copies
+    # the synthetic part holds exactly the covered cells' scores (eval: batch-independent discriminator)
+    model = module.model.eval()
+    module.loss.calls.clear()
+    module.training_step(_Batch(images))
+    with torch.no_grad():
+        copies = model.features(images.repeat(2, 1, 1, 1) + 1.0)[0::2, :2]
+        expected = model.normality(model.adaptor(copies.flatten(0, 2)), model.discriminator)
+    torch.testing.assert_close(module.loss.calls[0][1][2 * 8 * 8 :], expected)
 
 
 def test_synthesized_anomalies_change_only_the_masked_pixels():
@@ -460,7 +529,7 @@ def test_synthesized_anomalies_change_only_the_masked_pixels():
     module = SimpleNet(**TINY, synthetic_anomalies=True)
     raw = torch.rand(3, 3, 64, 64)
     images = module.pre_processor.transform(raw)
-    synthetic, masks = module.synthesize_anomalies(images)
+    synthetic, masks = module.synthetic_defects.synthesize(images, module.pre_processor)
     assert synthetic.shape == images.shape
     assert masks.shape == (3, 1, *images.shape[-2:])  # the pre-processor resized to 256
     assert set(masks.unique().tolist()) <= {0.0, 1.0}
@@ -471,15 +540,15 @@ def test_synthesized_anomalies_change_only_the_masked_pixels():
 
 
 def test_synthetic_anomaly_errors(tmp_path):
-    with pytest.raises(RuntimeError, match="synthetic_anomalies=True"):
-        SimpleNet(**TINY).synthesize_anomalies(torch.rand(1, 3, 64, 64))
-    with pytest.raises(ValueError, match="synthetic_copies"):
-        SimpleNet(**TINY, synthetic_anomalies=True, synthetic_copies=0)
-    for coverage in (-0.5, 1.0):
-        with pytest.raises(ValueError, match="synthetic_coverage"):
-            SimpleNet(**TINY, synthetic_anomalies=True, synthetic_coverage=coverage)
-    with pytest.raises(ValueError, match="synthetic_anomaly_source"):
-        SimpleNet(**TINY, synthetic_anomalies=True, synthetic_anomaly_source=tmp_path / "missing")
+    assert SimpleNet(**TINY).synthetic_defects is None
+    for synthetic in (True, False):  # bad values are refused whether or not the defects are on
+        with pytest.raises(ValueError, match="synthetic_copies"):
+            SimpleNet(**TINY, synthetic_anomalies=synthetic, synthetic_copies=0)
+        for coverage in (-0.5, 1.0, float("nan")):
+            with pytest.raises(ValueError, match="synthetic_coverage"):
+                SimpleNet(**TINY, synthetic_anomalies=synthetic, synthetic_coverage=coverage)
+        with pytest.raises(ValueError, match="synthetic_anomaly_source"):
+            SimpleNet(**TINY, synthetic_anomalies=synthetic, synthetic_anomaly_source=tmp_path / "missing")
 
 
 # --------------------------------------------------------------------------------------------- fit
@@ -495,11 +564,9 @@ def test_tiny_fit_lowers_loss(distance):
     # Larger learning rates than the paper's so that 30 steps suffice on this tiny problem.
     module = SimpleNet(**TINY, distance=distance, noise_std=0.1, adaptor_lr=1e-2, discriminator_lr=2e-2)
     optimizer = module.configure_optimizers()
-    module.model.train()
     losses = []
     for _ in range(30):
-        normal, anomalous = module.model(images)
-        loss = module.loss(normal, anomalous)
+        loss, _ = _train_step(module, images)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -510,7 +577,6 @@ def test_tiny_fit_lowers_loss(distance):
 # ------------------------------------------------------------------------------- head ensemble
 def test_ensemble_heads_are_independent_and_paper_state_dict_unchanged():
     single = tiny_model()
-    assert single.ensemble_size == 1
     assert not any(key.startswith("extra_heads") for key in single.state_dict())
     assert len(single.heads()) == 1
     ensemble = tiny_model(ensemble_size=3)
@@ -529,8 +595,8 @@ def test_ensemble_score_is_the_mean_of_the_heads(distance):
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         out = model(images)
-        extracted = model.extracted_features(images)
-        per_head = [model.discriminate(model.to_manifold(a(extracted)), d) for a, d in model.heads()]
+        features = model.features(images)
+        per_head = [model.normality(a(features), d) for a, d in model.heads()]
         patch_scores = -torch.stack(per_head).mean(0)
         expected_map = model.blur(F.interpolate(patch_scores.unsqueeze(1), size=(64, 64), mode="bilinear"))
     torch.testing.assert_close(out.anomaly_map, expected_map)
@@ -539,93 +605,64 @@ def test_ensemble_score_is_the_mean_of_the_heads(distance):
     assert not torch.allclose(-per_head[0], patch_scores)
 
 
-def test_ensemble_training_scores_come_head_after_head():
-    model = tiny_model(ensemble_size=2).train()
+def test_ensemble_training_step_gives_every_head_its_own_loss_and_noise():
+    """One loss call per head, in head order; the step's loss is their sum; every head's noise differs."""
+    module = SimpleNet(**TINY, ensemble_size=2, noise_std=0.1)
+    module.loss = _RecordingLoss()
     images = torch.randn(2, 3, 64, 64)
-    normal, anomalous = model(images)
-    assert normal.shape == anomalous.shape == (2 * 2, 8, 8)
-    masks = torch.zeros(2, 1, 64, 64)
-    masks[0, :, :16, :] = 1  # two rows of image 0's 8 x 8 grid
-    normal, anomalous = model.training_scores(images, images + 1.0, masks)
-    assert normal.shape == (2 * 2 * 8 * 8,)
-    assert anomalous.shape == (2 * (2 * 8 * 8 + 2 * 8),)
-    model.eval()  # batch-independent discriminators: each block is its own head's scores
-    normal, anomalous = model.training_scores(images, images + 1.0, masks)
-    for index, (adaptor, discriminator) in enumerate(model.heads()):
-        expected = model.discriminate(model.to_manifold(adaptor(model.extracted_features(images))), discriminator)
-        torch.testing.assert_close(normal[index * 128 : (index + 1) * 128], expected.flatten())
-        synthetic = model.to_manifold(adaptor(model.extracted_features(images + 1.0)))[0, :2]
-        block = anomalous[index * 144 : (index + 1) * 144]
-        torch.testing.assert_close(block[128:], model.discriminate(synthetic, discriminator).flatten())
+    loss, _ = _train_step(module, images)
+    assert [(n.shape, a.shape) for n, a in module.loss.calls] == [((128,), (128,))] * 2
+    torch.testing.assert_close(loss.detach(), sum(TruncatedL1Loss()(n, a) for n, a in module.loss.calls))
+    # eval mode (batch-independent discriminators): each call holds its own head's D(q) and D(q-)
+    model = module.model.eval()
+    module.loss.calls.clear()
+    torch.manual_seed(3)
+    module.training_step(_Batch(images))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        features = model.features(images)
+        for (adaptor, discriminator), (normal, anomalous) in zip(model.heads(), module.loss.calls, strict=True):
+            adapted = adaptor(features).flatten(0, -2)
+            torch.testing.assert_close(normal, model.normality(adapted, discriminator))
+            torch.testing.assert_close(anomalous, model.normality(model.anomalous(adapted), discriminator))
 
 
 def test_synthetic_per_head_gives_each_head_its_own_group():
-    model = tiny_model(ensemble_size=2).eval()  # eval: batch-independent discriminators
+    """K groups of copies; head k's anomalous features are the eq. (6) ones plus group k's covered cells."""
+    module = SimpleNet(**TINY, ensemble_size=2, synthetic_anomalies=True, synthetic_copies=1, synthetic_per_head=True)
+    masks_made = _controlled_defects(module)
+    module.loss = _RecordingLoss()
     images = torch.randn(2, 3, 64, 64)
-    synthetic_images = torch.cat([images + 1.0, images - 1.0])  # group 0, then group 1
-    masks = torch.zeros(4, 1, 64, 64)
-    masks[0, :, :16, :] = 1  # group 0: two rows of image 0's 8 x 8 grid
-    masks[3, :, :8, :] = 1  # group 1: one row of image 1's grid
-    normal, anomalous = model.training_scores(images, synthetic_images, masks, synthetic_per_head=True)
-    assert normal.shape == (2 * 2 * 8 * 8,)
-    assert anomalous.shape == (2 * 2 * 8 * 8 + 2 * 8 + 8,)
-    (adaptor0, disc0), (adaptor1, disc1) = model.heads()
-    own0 = model.discriminate(model.to_manifold(adaptor0(model.extracted_features(images + 1.0)))[0, :2], disc0)
-    own1 = model.discriminate(model.to_manifold(adaptor1(model.extracted_features(images - 1.0)))[1, :1], disc1)
-    torch.testing.assert_close(anomalous[128:144], own0.flatten())
-    torch.testing.assert_close(anomalous[144 + 128 :], own1.flatten())
+    module.model.eval()  # batch-independent discriminators
+    module.training_step(_Batch(images))
+    assert masks_made[0].shape[0] == 2 * 2  # heads x copies x images
+    model = module.model
+    with torch.no_grad():
+        copies = model.features(images.repeat(2, 1, 1, 1) + 1.0)
+        for index, ((adaptor, disc), (_, anomalous)) in enumerate(zip(model.heads(), module.loss.calls, strict=True)):
+            own = copies[2 * index : 2 * index + 1, :2].flatten(0, 2)  # group k's first copy: two rows
+            assert anomalous.shape == (2 * 8 * 8 + 2 * 8,)
+            torch.testing.assert_close(anomalous[128:], model.normality(adaptor(own), disc))
     # shared (the default): every head sees both groups' covered cells
-    _, shared = model.training_scores(images, synthetic_images, masks)
-    assert shared.shape == (2 * (2 * 8 * 8 + 2 * 8 + 8),)
-    for bad in (synthetic_images[:3], None):
-        with pytest.raises(ValueError, match="synthetic_per_head"):
-            model.training_scores(images, bad, None if bad is None else masks[:3], synthetic_per_head=True)
-
-
-def test_lightning_synthetic_per_head_makes_copies_for_every_head():
-    module = SimpleNet(**TINY, ensemble_size=3, synthetic_anomalies=True, synthetic_copies=2, synthetic_per_head=True)
-    seen = []
-    generate = module.synthesize_anomalies
-
-    def recording(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        seen.append(images.shape[0])
-        return generate(images)
-
-    module.synthesize_anomalies = recording
-
-    class _Batch:
-        image = torch.randn(2, 3, 64, 64)
-
-    module.model.train()
-    module.log = lambda *args, **kwargs: None  # no trainer attached
-    loss = module.training_step(_Batch())["loss"]
-    assert seen == [3 * 2 * 2]  # heads x copies x images
-    assert torch.isfinite(loss)
+    shared = SimpleNet(**TINY, ensemble_size=2, synthetic_anomalies=True, synthetic_copies=2)
+    _controlled_defects(shared)
+    shared.loss = _RecordingLoss()
+    _train_step(shared, images)
+    assert [a.shape for _, a in shared.loss.calls] == [(2 * 8 * 8 + 2 * 2 * 8,)] * 2
     for kwargs in ({"synthetic_per_head": True}, {"synthetic_anomalies": True, "synthetic_per_head": 1}):
         with pytest.raises(ValueError, match="synthetic_per_head"):
             SimpleNet(**TINY, ensemble_size=2, **kwargs)
 
 
-def test_ensemble_lightning_loss_is_the_sum_and_every_head_trains():
+def test_ensemble_optimiser_covers_every_head():
     module = SimpleNet(**TINY, ensemble_size=2, noise_std=0.1)
     optimizer = module.configure_optimizers()
     heads = module.model.heads()
     optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert all(id(p) in optimised for adaptor, disc in heads for p in [*adaptor.parameters(), *disc.parameters()])
     assert [group["lr"] for group in optimizer.param_groups] == [1e-4, 2e-4]
-
-    class _Batch:
-        image = torch.randn(2, 3, 64, 64)
-
-    module.model.train()
-    module.log = lambda *args, **kwargs: None  # no trainer attached
-    torch.manual_seed(3)
-    loss = module.training_step(_Batch())["loss"]
-    torch.manual_seed(3)
-    normal, anomalous = module.model(_Batch.image)
-    per_head = [module.loss(n, a) for n, a in zip(normal.view(2, -1), anomalous.view(2, -1), strict=True)]
-    torch.testing.assert_close(loss, per_head[0] + per_head[1])
     before = [adaptor.weight.detach().clone() for adaptor, _ in heads]
+    loss, _ = _train_step(module, torch.randn(2, 3, 64, 64))
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

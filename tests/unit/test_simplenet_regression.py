@@ -191,6 +191,41 @@ def test_seeded_short_run_matches_the_numbers_from_before_the_restructuring(name
         assert after[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
 
 
+#: ``sorted(SimpleNet(**TINY, **options).model.state_dict())`` without the backbone's keys, printed by
+#: the pre-restructuring code: checkpoints written before v2 load into the restructured models.
+STATE_DICT_KEYS_BEFORE: dict[str, list[str]] = {
+    "paper": [
+        "adaptor.weight", "blur.kernel", "discriminator.body.0.bias", "discriminator.body.0.num_batches_tracked",
+        "discriminator.body.0.running_mean", "discriminator.body.0.running_var", "discriminator.body.0.weight",
+        "discriminator.input_layer.bias", "discriminator.input_layer.weight", "discriminator.tail.weight",
+    ],
+    "every_extension": [
+        "adaptor.bias", "adaptor.weight", "blur.kernel", "discriminator.body.0.bias",
+        "discriminator.body.0.num_batches_tracked", "discriminator.body.0.running_mean",
+        "discriminator.body.0.running_var", "discriminator.body.0.weight", "discriminator.prototypes",
+        "discriminator.tail.weight", "extra_heads.0.adaptor.bias", "extra_heads.0.adaptor.weight",
+        "extra_heads.0.discriminator.body.0.bias", "extra_heads.0.discriminator.body.0.num_batches_tracked",
+        "extra_heads.0.discriminator.body.0.running_mean", "extra_heads.0.discriminator.body.0.running_var",
+        "extra_heads.0.discriminator.body.0.weight", "extra_heads.0.discriminator.prototypes",
+        "extra_heads.0.discriminator.tail.weight", "feature_mean", "feature_statistics_fitted", "feature_std",
+    ],
+}  # fmt: skip
+STATE_DICT_OPTIONS = {
+    "paper": {},
+    "every_extension": {"ensemble_size": 2, "feature_standardization": True, "distance": "poincare",
+                        "discriminator_input": "distance", "adaptor_bias": True},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(STATE_DICT_OPTIONS))
+def test_state_dict_keys_are_the_ones_from_before_the_restructuring(name: str) -> None:
+    from anomalib_hyperbolic.models import SimpleNet
+
+    model = SimpleNet(**TINY, **STATE_DICT_OPTIONS[name]).model
+    keys = sorted(key for key in model.state_dict() if not key.startswith("feature_extractor.feature_extractor."))
+    assert keys == STATE_DICT_KEYS_BEFORE[name]
+
+
 if __name__ == "__main__":
     results = {}
     for variant, arguments in VARIANTS.items():

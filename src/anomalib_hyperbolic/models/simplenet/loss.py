@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from .defaults import DEFAULTS
+
 
 class TruncatedL1Loss(nn.Module):
     """``l = max(0, th+ - D(q)) + max(0, th- + D(q-))``, averaged over locations and images.
@@ -22,7 +24,7 @@ class TruncatedL1Loss(nn.Module):
         th_neg: Margin for anomalous features (``-th^-`` in the paper's sign convention).
     """
 
-    def __init__(self, th_pos: float = 0.5, th_neg: float = 0.5) -> None:
+    def __init__(self, th_pos: float = DEFAULTS.th_pos, th_neg: float = DEFAULTS.th_neg) -> None:
         super().__init__()
         for name, value in (("th_pos", th_pos), ("th_neg", th_neg)):
             if not math.isfinite(value) or value < 0:
