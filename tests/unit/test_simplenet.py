@@ -115,6 +115,49 @@ def test_adaptive_pool_channels_equals_torch(c_in, c_out):
     torch.testing.assert_close(AdaptiveAvgPoolChannels(c_in, c_out)(x), reference)
 
 
+@pytest.mark.parametrize(("c_in", "c_out"), [(360, 1536), (100, 7), (6, 6)])
+def test_adaptive_pool_channels_matrix_is_the_pooling(c_in, c_out):
+    pool = AdaptiveAvgPoolChannels(c_in, c_out)
+    identity = torch.eye(c_in).view(c_in, c_in, 1, 1)
+    torch.testing.assert_close(pool.matrix(), pool(identity)[..., 0, 0].T.double())
+
+
+# ------------------------------------------------------------------------------ null-space trap
+def test_null_space_warning_with_the_issue_s_lite0_example():
+    """Lite0 blocks.2 + blocks.4 at 1536 dims: rank 1128 (a 408-dim null space), as measured in issue 22."""
+    with pytest.warns(UserWarning, match=r"span at most 1128 of their 1536 dimensions.*408-dimensional null space"):
+        extractor = SimpleNetFeatureExtractor("tf_efficientnet_lite0", ["blocks.2", "blocks.4"], False, 3, 1536, 1536)
+    assert extractor.feature_rank() == 1128
+
+
+def test_no_null_space_warning_for_the_benchmark_dims():
+    """384 dims on the same levels (the benchmark configs): blocks.2 has 360 < 384 values, yet o has full rank."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        extractor = SimpleNetFeatureExtractor("tf_efficientnet_lite0", ["blocks.2", "blocks.4"], False, 3, 384, 384)
+    assert extractor.feature_rank() == 384
+
+
+def test_feature_rank_bounds_the_rank_of_real_features():
+    """p = 1: layer2's 128 channels pooled up to 256 and kept at 512 dims: the features span 128 + 256 = 384."""
+    with pytest.warns(UserWarning, match="span at most 384 of their 512"):
+        model = tiny_model(patch_size=1, pretrain_embed_dim=256, target_embed_dim=512)
+    extractor = model.feature_extractor
+    assert extractor.feature_rank() == 384
+    with torch.no_grad():
+        features = model.features(torch.randn(12, 3, 64, 64)).reshape(-1, 512)  # 768 locations
+        # the linear part after the backbone on random level values (same grid, no resize) attains the bound
+        levels = [torch.randn(2, c, 24, 24) for c in extractor.feature_extractor.out_dims]
+        pooled = [
+            pool(extractor.neighbourhoods(level)) for pool, level in zip(extractor.level_pools, levels, strict=True)
+        ]
+        linear = extractor.merge_pool(torch.cat(pooled, dim=1)).permute(0, 2, 3, 1).reshape(-1, 512)
+    assert int(torch.linalg.matrix_rank(features.double())) <= 384  # (dead ReLU channels can lower it further)
+    assert int(torch.linalg.matrix_rank(linear.double())) == 384
+
+
 def test_adaptor_and_discriminator_structure():
     model = tiny_model()
     assert model.heads() == [(model.adaptor, model.discriminator)]

@@ -1,8 +1,18 @@
-"""SimpleNet's feature extractor ``F_phi``, eqs. (1)-(4)."""
+"""SimpleNet's feature extractor ``F_phi``, eqs. (1)-(4), and its rank check.
+
+The extractor is linear after the frozen backbone: every level's ``p x p`` neighbourhoods
+(``C_l p^2`` values per location) are pooled to ``pretrain_embed_dim`` channels and the levels'
+concatenation to ``target_embed_dim``. When a level has fewer values than the channels it is pooled
+to, pooling repeats values and the features ``o`` span fewer dimensions than their width; the
+isotropic noise of eq. (6) then lands in a null space that no real feature or defect ever reaches,
+where it is trivially detectable. :meth:`SimpleNetFeatureExtractor.feature_rank` computes the rank
+of that linear map exactly, and the extractor warns when it is below ``target_embed_dim``.
+"""
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -55,6 +65,13 @@ class AdaptiveAvgPoolChannels(nn.Module):
         gathered = features.index_select(1, self.index).reshape(batch, self.out_channels, self.width, height, width)
         return (gathered * self.weight).sum(dim=2)
 
+    def matrix(self) -> torch.Tensor:
+        """The pooling as a dense ``(D, C)`` float64 matrix (each row one bin's weights)."""
+        matrix = torch.zeros(self.out_channels, self.in_channels, dtype=torch.float64)
+        rows = torch.arange(self.out_channels).repeat_interleave(self.width)
+        matrix.index_put_((rows, self.index.cpu()), self.weight.flatten().double().cpu(), accumulate=True)
+        return matrix
+
 
 class SimpleNetFeatureExtractor(nn.Module):
     """Feature extractor ``F_phi`` of SimpleNet, eqs. (1)-(4).
@@ -66,6 +83,9 @@ class SimpleNetFeatureExtractor(nn.Module):
     pooled to ``target_embed_dim`` channels. This is the official implementation's order of
     operations except that pooling happens before resizing: both are linear, one acts across
     channels and the other across locations, so they commute exactly and pooling first is cheaper.
+
+    Warns (``UserWarning``) when the features have lower rank than ``target_embed_dim``
+    (:meth:`feature_rank`).
 
     Args:
         backbone: timm name or local weights file (see :mod:`anomalib_hyperbolic.backbones`).
@@ -104,6 +124,7 @@ class SimpleNetFeatureExtractor(nn.Module):
         )
         self.merge_pool = AdaptiveAvgPoolChannels(pretrain_embed_dim * len(channels), target_embed_dim)
         self.out_dim = target_embed_dim
+        self._warn_on_low_rank()
 
     def train(self, mode: bool = True) -> SimpleNetFeatureExtractor:
         """Keep the frozen backbone in eval mode (batch-norm statistics stay ImageNet's)."""
@@ -140,3 +161,36 @@ class SimpleNetFeatureExtractor(nn.Module):
             for level in pooled
         ]
         return self.merge_pool(torch.cat(resized, dim=1))  # SimpleNet eqs. (3)-(4)
+
+    def feature_rank(self) -> int:
+        """Rank of the linear map from the levels' neighbourhood values to ``o``: an upper bound on the rank of ``o``.
+
+        A level pool with at least as many inputs as outputs has full row rank (its bins start at
+        strictly increasing channels), so it can be dropped from the product; only the levels with
+        ``C_l p^2 < pretrain_embed_dim`` and the merge pool enter the (float64) rank computation.
+        """
+        dim = self.level_pools[0].out_channels
+        if all(pool.in_channels >= dim for pool in self.level_pools) and self.merge_pool.in_channels >= self.out_dim:
+            return self.out_dim
+        blocks = [
+            pool.matrix() if pool.in_channels < dim else torch.eye(dim, dtype=torch.float64)
+            for pool in self.level_pools
+        ]
+        return int(torch.linalg.matrix_rank(self.merge_pool.matrix() @ torch.block_diag(*blocks)))
+
+    def _warn_on_low_rank(self) -> None:
+        """The null-space trap: warn when ``o`` spans fewer dimensions than it has channels."""
+        rank = self.feature_rank()
+        if rank >= self.out_dim:
+            return
+        values = {name: pool.in_channels for name, pool in zip(self.layers, self.level_pools, strict=True)}
+        msg = (
+            f"SimpleNet features span at most {rank} of their {self.out_dim} dimensions: the levels give "
+            f"C x p^2 = {values} values per location, pooled to pretrain_embed_dim = "
+            f"{self.level_pools[0].out_channels} and then to target_embed_dim = {self.out_dim}, so pooling "
+            f"repeats values. The Gaussian noise of eq. (6) in the {self.out_dim - rank}-dimensional null space "
+            "is trivially detectable and no real defect lands there. Use pretrain_embed_dim <= "
+            f"{min(values.values())} (the smallest C x p^2) and target_embed_dim <= the levels x pretrain_embed_dim, "
+            "or wider levels."
+        )
+        warnings.warn(msg, UserWarning, stacklevel=3)
