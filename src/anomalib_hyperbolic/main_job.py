@@ -78,6 +78,7 @@ SIMPLENET_ARGS: dict[str, Any] = {
     "synthetic_coverage": 0.5,
 }
 PATCHCORE_ARGS: dict[str, Any] = {"backbone": "tf_efficientnet_lite0", "layers": ["blocks.2", "blocks.4"]}
+PRECISIONS = ("f32", "bf16", "f16")  # OpenVINO CPU inference precision hints
 METRICS = ("image_AUROC", "pixel_AUPRO", "image_F1Score", "pixel_AUROC")
 #: Known-noisy library messages (warnings and log records of WARNING level): counted and summarised,
 #: not printed. Anything else, and every error, is shown as usual. (label, regular expression searched)
@@ -486,6 +487,9 @@ STAGE_WEIGHTS = {  # about the shares of the run's time at the defaults (for the
 
 def run(settings: Settings) -> dict[str, Any]:
     """Run the main job; return ``{"settings", "models", "stage_seconds"}`` (also written to ``metrics.json``)."""
+    if not (Path(settings.data_root) / "MT_Free" / "Imgs").is_dir():
+        msg = f"No Magnetic Tile copy at {settings.data_root!r} (MT_Free/Imgs missing); pass --data-root"
+        raise FileNotFoundError(msg)
     output = Path(settings.output)
     output.mkdir(parents=True, exist_ok=True)
     progress = Progress(STAGE_WEIGHTS, interval=settings.progress_interval)
@@ -558,6 +562,7 @@ def _parser() -> argparse.ArgumentParser:
             f"--{field.name.replace('_', '-')}",
             type=type(default),
             default=default,
+            choices=PRECISIONS if field.name == "precision" else None,
             help=f"{flags[field.name]} (default: {default})",
         )
     return parser
