@@ -188,6 +188,30 @@ def test_truncated_l1_values_by_hand():
     )
 
 
+def test_margin_shares_by_hand():
+    """p_true counts D(q) >= th+, p_fake counts D(q-) < -th- (the official code's comparisons)."""
+    normal, anomalous = TruncatedL1Loss().on_margin(torch.tensor([0.4, 0.5, 2.0]), torch.tensor([-0.5, -0.6, 1.0]))
+    assert normal.tolist() == [False, True, True]
+    assert anomalous.tolist() == [False, True, False]
+
+
+def test_training_step_logs_p_true_p_fake_and_p_synthetic():
+    """Shares over every head's features: normal ones on the right of th+, noisy and synthetic ones left of -th-."""
+    module = SimpleNet(**TINY, ensemble_size=2, synthetic_anomalies=True, synthetic_copies=2)
+    _controlled_defects(module)
+    module.loss = _RecordingLoss()
+    _, logged = _train_step(module, torch.randn(2, 3, 64, 64))
+    assert set(logged) == {"train_loss", "p_true", "p_fake", "p_synthetic"}
+    normal = torch.cat([n for n, _ in module.loss.calls])
+    noise = torch.cat([a[:128] for _, a in module.loss.calls])
+    synthetic = torch.cat([a[128:] for _, a in module.loss.calls])
+    assert logged["p_true"] == pytest.approx(float((normal >= 0.5).float().mean()))
+    assert logged["p_fake"] == pytest.approx(float((noise < -0.5).float().mean()))
+    assert logged["p_synthetic"] == pytest.approx(float((synthetic < -0.5).float().mean()))
+    _, logged = _train_step(SimpleNet(**TINY), torch.randn(2, 3, 64, 64))
+    assert set(logged) == {"train_loss", "p_true", "p_fake"}  # no synthetic defects: no p_synthetic
+
+
 def test_truncated_l1_gradient_signs():
     loss = TruncatedL1Loss()
     normal = torch.zeros(3, requires_grad=True)
@@ -597,7 +621,7 @@ def test_synthetic_anomaly_errors(tmp_path):
 # --------------------------------------------------------------------------------------------- fit
 @pytest.mark.parametrize("distance", ["euclidean", "poincare"])
 def test_tiny_fit_lowers_loss(distance):
-    """A few Adam steps on synthetic normal textures lower the truncated L1 loss."""
+    """A few Adam steps on synthetic normal textures lower the truncated L1 loss and raise p_true / p_fake."""
     from anomalib_hyperbolic.testing.synthetic import textured_image
 
     torch.manual_seed(0)
@@ -607,14 +631,18 @@ def test_tiny_fit_lowers_loss(distance):
     # Larger learning rates than the paper's so that 30 steps suffice on this tiny problem.
     module = SimpleNet(**TINY, distance=distance, noise_std=0.1, adaptor_lr=1e-2, discriminator_lr=2e-2)
     optimizer = module.configure_optimizers()
-    losses = []
+    losses, shares = [], []
     for _ in range(30):
-        loss, _ = _train_step(module, images)
+        loss, logged = _train_step(module, images)
+        shares.append((logged["p_true"], logged["p_fake"]))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     assert np.mean(losses[-5:]) < 0.2 * np.mean(losses[:5])
+    # the official diagnostics: normal and noisy features end on the right side of their margins
+    assert max(shares[0]) < 0.5
+    assert min(shares[-1]) > 0.9
 
 
 # ------------------------------------------------------------------------------- head ensemble
@@ -726,3 +754,20 @@ def test_ensemble_exports_match_torch(tmp_path, standardize):
         score, amap = _run_openvino(source, images)
         np.testing.assert_allclose(score, ref.pred_score.numpy(), atol=1e-4, rtol=1e-4)
         np.testing.assert_allclose(amap, ref.anomaly_map.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_engine_fit_logs_the_diagnostics(tmp_path):
+    """Through Lightning's ``self.log``: p_true and p_fake reach the trainer's metrics (and any logger)."""
+    from anomalib.data import MVTecAD
+
+    from anomalib_hyperbolic.testing import make_mvtec_like_dataset
+
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=1, n_test_defect=1, image_size=64)
+    datamodule = MVTecAD(root=root, category="synthetic", train_batch_size=2, eval_batch_size=2, num_workers=0)
+    engine = _quiet_engine(tmp_path / "run")
+    engine.fit(
+        model=SimpleNet(**TINY, pre_processor=SimpleNet.configure_pre_processor((64, 64))), datamodule=datamodule
+    )
+    metrics = engine.trainer.callback_metrics
+    assert {"train_loss", "p_true", "p_fake"} <= set(metrics)
+    assert all(0 <= float(metrics[name]) <= 1 for name in ("p_true", "p_fake"))

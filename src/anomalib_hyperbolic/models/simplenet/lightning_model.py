@@ -45,6 +45,11 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
     all of them live in :data:`~anomalib_hyperbolic.models.simplenet.defaults.DEFAULTS`. Training
     length (160 epochs) and batch size (4) are trainer/datamodule settings: see ``configs/simplenet.yaml``.
 
+    Logged while training (epoch means): ``train_loss`` (eq. 8, summed over heads), ``p_true`` and
+    ``p_fake`` (the official code's diagnostics: shares of normal features with ``D >= th_pos`` and
+    of eq. (6) noisy features with ``D < -th_neg``) and, with ``synthetic_anomalies``,
+    ``p_synthetic`` (the same share for the synthetic-defect features).
+
     Args:
         backbone: timm name or local weights file. Default ``wide_resnet50_2``.
         layers: Backbone levels. Default ``("layer2", "layer3")``.
@@ -216,6 +221,7 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         # o = F(x), eq. (4): one backbone call for the batch and its defective copies (the backbone is frozen, in eval)
         features = self.model.features(images if defects is None else torch.cat([images, defects.images]))
         loss: torch.Tensor | int = 0
+        hits: dict[str, list[torch.Tensor]] = {"p_true": [], "p_fake": [], "p_synthetic": []}
         for index, (adaptor, discriminator) in enumerate(heads):
             adapted = adaptor(features[:count]).flatten(0, -2)  # q = G(o), eq. (5)
             anomalous = [self.model.anomalous(adapted)]  # q- = q + eps, eq. (6)
@@ -223,8 +229,17 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
                 anomalous.append(adaptor(defects.anomalous_features(features[count:], index)))
             # one discriminator batch, as in the official code: batch-norm statistics cover every feature
             scores = self.model.normality(torch.cat([adapted, *anomalous]), discriminator)
-            loss = loss + self.loss(scores[: len(adapted)], scores[len(adapted) :])  # SimpleNet eqs. (7)-(8)
+            normal_scores, anomalous_scores = scores[: len(adapted)], scores[len(adapted) :]
+            loss = loss + self.loss(normal_scores, anomalous_scores)  # SimpleNet eqs. (7)-(8)
+            normal_hits, anomalous_hits = self.loss.on_margin(normal_scores, anomalous_scores)
+            hits["p_true"].append(normal_hits)
+            hits["p_fake"].append(anomalous_hits[: len(adapted)])
+            hits["p_synthetic"].append(anomalous_hits[len(adapted) :])
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, logger=True)
+        for name, parts in hits.items():
+            shares = torch.cat(parts)
+            if shares.numel():  # p_synthetic: only with synthetic defects that cover a cell this step
+                self.log(name, shares.float().mean(), on_step=False, on_epoch=True, prog_bar=name != "p_synthetic")
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:

@@ -38,3 +38,15 @@ class TruncatedL1Loss(nn.Module):
         normal_term = torch.clamp(self.th_pos - normal_scores, min=0)  # SimpleNet eq. (7), first term
         anomalous_term = torch.clamp(anomalous_scores + self.th_neg, min=0)  # SimpleNet eq. (7), second term
         return normal_term.mean() + anomalous_term.mean()  # SimpleNet eq. (8)
+
+    @torch.no_grad()
+    def on_margin(
+        self, normal_scores: torch.Tensor, anomalous_scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which normal scores reach ``th_pos`` and which anomalous ones fall below ``-th_neg`` (bool masks).
+
+        Their means are the official code's training diagnostics ``p_true`` (``D(q) >= th+``) and
+        ``p_fake`` (``D(q-) < -th-``): the shares of features on the right side of their margin,
+        where their loss term is zero.
+        """
+        return normal_scores >= self.th_pos, anomalous_scores < -self.th_neg
