@@ -334,22 +334,76 @@ def test_bad_loss_and_optimiser_arguments():
         SimpleNet(**TINY, adaptor_lr=-1.0)
 
 
-def test_lightning_defaults_are_paper_values():
+def test_lightning_defaults_are_the_official_values():
+    """Paper values, and where the official code differs in a way that matters, the official code's."""
+    import inspect
+
+    from anomalib_hyperbolic.models.simplenet import DEFAULTS
+
     model = SimpleNet(**TINY)
     assert model.loss.th_pos == model.loss.th_neg == 0.5
     assert model.model.noise_std == 0.015
     optimizer = model.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Adam)
-    assert [group["lr"] for group in optimizer.param_groups] == [1e-4, 2e-4]
-    assert all(group["weight_decay"] == 1e-5 for group in optimizer.param_groups)
-    import inspect
-
+    adaptor, discriminator = optimizer.param_groups
+    assert (adaptor["lr"], adaptor["weight_decay"], adaptor["decoupled_weight_decay"]) == (1e-4, 0.01, True)  # AdamW
+    assert (discriminator["lr"], discriminator["weight_decay"]) == (2e-4, 1e-5)
+    assert not discriminator.get("decoupled_weight_decay", False)  # Adam's L2 decay, as the official code
     defaults = {k: v.default for k, v in inspect.signature(SimpleNet).parameters.items()}
-    assert defaults["backbone"] == "wide_resnet50_2"
+    assert defaults["backbone"] == "wide_resnet50_2.tv_in1k"  # torchvision V1 weights: sigma is calibrated to them
     assert tuple(defaults["layers"]) == ("layer2", "layer3")
     assert defaults["patch_size"] == 3
     assert defaults["target_embed_dim"] == 1536
     assert defaults["curvature"] == 0.01
+    assert defaults["adaptor_optimizer"] == "adamw"
+    # one place for the defaults: every argument's default is DEFAULTS' field of the same name
+    for name, value in defaults.items():
+        if hasattr(DEFAULTS, name):
+            assert value == getattr(DEFAULTS, name), name
+    assert {name for name in defaults if hasattr(DEFAULTS, name)} == set(DEFAULTS.__dataclass_fields__)
+
+
+def test_backbone_tag_selects_the_torchvision_weights():
+    """timm resolves the tag (no weights loaded offline): the default's architecture is WideResNet-50-2."""
+    import timm
+
+    from anomalib_hyperbolic.backbones import resolve_backbone
+
+    assert resolve_backbone("wide_resnet50_2.tv_in1k").arch == "wide_resnet50_2.tv_in1k"
+    assert timm.models.get_pretrained_cfg("wide_resnet50_2.tv_in1k").hf_hub_id == "timm/wide_resnet50_2.tv_in1k"
+    model = SimpleNet(**{**TINY, "backbone": "resnet18.tv_in1k"})
+    assert model.model.feature_extractor.feature_extractor.out_dims == [128, 256]
+
+
+def test_adaptor_adamw_steps_exactly_as_torch_adamw():
+    """The adaptor group takes AdamW's decoupled decay; "adam" restores the paper's L2 decay on both groups."""
+    module = SimpleNet(**TINY, adaptor_lr=1e-2)
+    optimizer = module.configure_optimizers()
+    weight = module.model.adaptor.weight
+    twin = torch.nn.Parameter(weight.detach().clone())
+    reference = torch.optim.AdamW([twin], lr=1e-2, weight_decay=0.01)
+    for _ in range(3):
+        gradient = torch.randn_like(weight)
+        weight.grad, twin.grad = gradient.clone(), gradient.clone()
+        optimizer.step()
+        reference.step()
+    torch.testing.assert_close(weight.detach(), twin.detach(), rtol=0, atol=0)
+    paper = SimpleNet(**TINY, adaptor_optimizer="adam").configure_optimizers()
+    assert [g["weight_decay"] for g in paper.param_groups] == [1e-5, 1e-5]
+    assert not any(g.get("decoupled_weight_decay", False) for g in paper.param_groups)
+    with pytest.raises(ValueError, match="adaptor_optimizer"):
+        SimpleNet(**TINY, adaptor_optimizer="sgd")
+    with pytest.raises(ValueError, match="adaptor_weight_decay"):
+        SimpleNet(**TINY, adaptor_weight_decay=-1.0)
+
+
+def test_adamw_needs_a_torch_whose_adam_decouples(monkeypatch):
+    from anomalib_hyperbolic.models.simplenet import lightning_model
+
+    monkeypatch.setattr(lightning_model, "_ADAM_DECOUPLES", False)
+    with pytest.raises(RuntimeError, match="adaptor_optimizer='adam'"):
+        SimpleNet(**TINY)
+    assert SimpleNet(**TINY, adaptor_optimizer="adam").adaptor_optimizer == "adam"
 
 
 def test_registered_with_anomalib():

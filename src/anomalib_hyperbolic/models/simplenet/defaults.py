@@ -17,7 +17,9 @@ class SimpleNetDefaults:
     """SimpleNet's default arguments (see the module docstring for the sources)."""
 
     # --- the paper's model ------------------------------------------------------------------------
-    backbone: str = "wide_resnet50_2"  # paper 4.3: WideResNet-50
+    #: WideResNet-50 with torchvision's V1 ImageNet weights, as the official code loads them: sigma = 0.015
+    #: is calibrated to these features (timm's plain ``wide_resnet50_2`` is the ``racm_in1k`` weights).
+    backbone: str = "wide_resnet50_2.tv_in1k"
     layers: tuple[str, ...] = ("layer2", "layer3")  # paper 4.3: the 2nd and 3rd levels
     pre_trained: bool = True
     patch_size: int = 3  # paper Fig. 6
@@ -34,7 +36,9 @@ class SimpleNetDefaults:
     th_neg: float = 0.5  # -th- of eq. (7), as a positive margin
     adaptor_lr: float = 1e-4  # paper 4.3 (official: 0.1 x lr 1e-3)
     discriminator_lr: float = 2e-4  # paper 4.3
-    weight_decay: float = 1e-5  # paper 4.3: Adam's weight decay (both)
+    weight_decay: float = 1e-5  # paper 4.3: Adam's (L2) weight decay; official: the discriminator's
+    adaptor_optimizer: str = "adamw"  # official code: AdamW for the adaptor; "adam" is the paper's text
+    adaptor_weight_decay: float = 0.01  # official code: AdamW's default decoupled weight decay
     # --- beyond the paper: every option off --------------------------------------------------------
     relative_noise: bool = False
     feature_standardization: bool = False
@@ -52,6 +56,7 @@ class SimpleNetDefaults:
 DEFAULTS = SimpleNetDefaults()
 
 IMAGE_SCORES = ("patch_max", "map_max")
+ADAPTOR_OPTIMIZERS = ("adamw", "adam")
 DISTANCES = ("euclidean", "poincare")
 DISCRIMINATOR_INPUTS = ("logmap", "distance")
 

@@ -7,12 +7,13 @@ Example:
     >>> from anomalib.data import MVTecAD
     >>> from anomalib.engine import Engine
     >>> from anomalib_hyperbolic.models import SimpleNet
-    >>> model = SimpleNet()  # paper defaults: wide_resnet50_2 layers 2+3, sigma 0.015, ...
+    >>> model = SimpleNet()  # paper defaults: wide_resnet50_2.tv_in1k layers 2+3, sigma 0.015, ...
     >>> Engine(max_epochs=160).fit(model, datamodule=MVTecAD(train_batch_size=4))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -30,12 +31,15 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
 
-from .defaults import DEFAULTS
+from .defaults import ADAPTOR_OPTIMIZERS, DEFAULTS, require_choice
 from .extensions import build_model
 from .loss import TruncatedL1Loss
 from .synthetic_defects import SyntheticDefects
 
 __all__ = ["SimpleNet"]
+
+#: Whether this torch's Adam takes ``decoupled_weight_decay`` per parameter group (AdamW's decay).
+_ADAM_DECOUPLES = "decoupled_weight_decay" in inspect.signature(torch.optim.Adam).parameters
 
 
 class SimpleNet(PortableCheckpointMixin, AnomalibModule):
@@ -51,11 +55,14 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
     ``p_synthetic`` (the same share for the synthetic-defect features).
 
     Args:
-        backbone: timm name or local weights file. Default ``wide_resnet50_2``.
+        backbone: timm name or local weights file. Default ``wide_resnet50_2.tv_in1k`` (torchvision
+            V1 weights, as the official code; sigma 0.015 is calibrated to them).
         layers: Backbone levels. Default ``("layer2", "layer3")``.
         pre_trained: Load ImageNet backbone weights.
         patch_size: Neighbourhood ``p`` (eq. 1), odd. Default 3.
-        pretrain_embed_dim: Per-level dims after neighbourhood pooling. Default 1536.
+        pretrain_embed_dim: Per-level dims after neighbourhood pooling. Default 1536. A warning is
+            given when the features span fewer dimensions than ``target_embed_dim`` (a level with
+            ``C x p^2`` below ``pretrain_embed_dim``): the null-space trap.
         target_embed_dim: Feature dims ``C`` (eqs. 3-5). Default 1536.
         adaptor_bias: Bias in the adaptor (eq. 5). Default ``False`` (paper).
         noise_std: ``sigma`` of the Gaussian noise (eq. 6). Default 0.015.
@@ -77,9 +84,15 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         negative_slope: LeakyReLU slope. Default 0.2.
         th_pos: ``th^+`` of eq. (7). Default 0.5.
         th_neg: ``th^-`` of eq. (7), as a positive margin. Default 0.5.
-        adaptor_lr: Adam learning rate of the adaptor. Default 1e-4.
+        adaptor_lr: Learning rate of the adaptor. Default 1e-4.
         discriminator_lr: Adam learning rate of the discriminator. Default 2e-4.
-        weight_decay: Adam weight decay (both). Default 1e-5.
+        weight_decay: Adam's (L2) weight decay of the discriminator, and of the adaptor with
+            ``adaptor_optimizer="adam"``. Default 1e-5.
+        adaptor_optimizer: ``"adamw"`` (official code: AdamW, decoupled weight decay
+            ``adaptor_weight_decay``) or ``"adam"`` (the paper's text: Adam with ``weight_decay``,
+            this package's choice before v2). Default ``"adamw"``.
+        adaptor_weight_decay: AdamW's decoupled weight decay of the adaptor (``"adamw"`` only).
+            Default 0.01 (AdamW's default, which the official code keeps).
         blur_sigma: Anomaly-map Gaussian blur. Default 4.
         image_score: ``"patch_max"`` (eq. 11) or ``"map_max"``.
         distance: ``"euclidean"`` (paper) or ``"poincare"`` (hyperbolic variant).
@@ -118,6 +131,8 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         adaptor_lr: float = DEFAULTS.adaptor_lr,
         discriminator_lr: float = DEFAULTS.discriminator_lr,
         weight_decay: float = DEFAULTS.weight_decay,
+        adaptor_optimizer: str = DEFAULTS.adaptor_optimizer,
+        adaptor_weight_decay: float = DEFAULTS.adaptor_weight_decay,
         blur_sigma: float = DEFAULTS.blur_sigma,
         image_score: str = DEFAULTS.image_score,
         distance: str = DEFAULTS.distance,
@@ -139,10 +154,18 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
             ("adaptor_lr", adaptor_lr),
             ("discriminator_lr", discriminator_lr),
             ("weight_decay", weight_decay),
+            ("adaptor_weight_decay", adaptor_weight_decay),
         ):
             if not value >= 0:
                 msg = f"`{name}` must be >= 0, got {value!r}."
                 raise ValueError(msg)
+        require_choice("adaptor_optimizer", adaptor_optimizer, ADAPTOR_OPTIMIZERS)
+        if adaptor_optimizer == "adamw" and not _ADAM_DECOUPLES:
+            msg = (
+                "adaptor_optimizer='adamw' needs torch.optim.Adam's `decoupled_weight_decay` (recent torch "
+                f"releases; this is torch {torch.__version__}): upgrade torch or pass adaptor_optimizer='adam'."
+            )
+            raise RuntimeError(msg)
         if not isinstance(synthetic_per_head, bool) or (synthetic_per_head and not synthetic_anomalies):
             msg = (
                 "`synthetic_per_head` must be a bool, and True only with synthetic_anomalies=True, "
@@ -180,6 +203,8 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         self.adaptor_lr = adaptor_lr
         self.discriminator_lr = discriminator_lr
         self.weight_decay = weight_decay
+        self.adaptor_optimizer = adaptor_optimizer
+        self.adaptor_weight_decay = adaptor_weight_decay
 
     def on_train_start(self) -> None:
         """With ``feature_standardization``: fit the feature statistics on the training set, once.
@@ -249,15 +274,14 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         return batch.update(**predictions._asdict())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam: adaptors at ``adaptor_lr``, discriminators at ``discriminator_lr``, shared weight decay."""
+        """One Adam, two parameter groups: adaptors (AdamW's decoupled decay with ``"adamw"``) and discriminators."""
         heads = self.model.heads()
-        return torch.optim.Adam(
-            [
-                {"params": [p for adaptor, _ in heads for p in adaptor.parameters()], "lr": self.adaptor_lr},
-                {"params": [p for _, disc in heads for p in disc.parameters()], "lr": self.discriminator_lr},
-            ],
-            weight_decay=self.weight_decay,
-        )
+        adaptors: dict[str, Any] = {"params": [p for adaptor, _ in heads for p in adaptor.parameters()]}
+        adaptors["lr"] = self.adaptor_lr
+        if self.adaptor_optimizer == "adamw":  # AdamW, as the official code's adaptor optimiser
+            adaptors.update(weight_decay=self.adaptor_weight_decay, decoupled_weight_decay=True)
+        discriminators = {"params": [p for _, disc in heads for p in disc.parameters()], "lr": self.discriminator_lr}
+        return torch.optim.Adam([adaptors, discriminators], weight_decay=self.weight_decay)
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
