@@ -823,5 +823,29 @@ def test_engine_fit_logs_the_diagnostics(tmp_path):
         model=SimpleNet(**TINY, pre_processor=SimpleNet.configure_pre_processor((64, 64))), datamodule=datamodule
     )
     metrics = engine.trainer.callback_metrics
-    assert {"train_loss", "p_true", "p_fake"} <= set(metrics)
-    assert all(0 <= float(metrics[name]) <= 1 for name in ("p_true", "p_fake"))
+    assert {"train_loss", "p_true", "p_fake", "val_p_true"} <= set(metrics)
+    assert all(0 <= float(metrics[name]) <= 1 for name in ("p_true", "p_fake", "val_p_true"))
+
+
+def test_validation_step_logs_val_p_true_on_the_normal_images_only():
+    from types import SimpleNamespace
+
+    module = SimpleNet(**TINY, ensemble_size=2)
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.__setitem__(name, float(value))
+    model = module.model.eval()
+    images = torch.randn(3, 3, 64, 64)
+    updated = {}
+    batch = SimpleNamespace(image=images, gt_label=torch.tensor([0, 1, 0]), update=lambda **kw: updated.update(kw))
+    with torch.no_grad():
+        module.validation_step(batch)
+        normality = -model.patch_scores(model.features(images))  # the heads' mean D
+        expected = model(images)
+    assert logged["val_p_true"] == pytest.approx(float((normality[[0, 2]] >= 0.5).float().mean()))
+    torch.testing.assert_close(updated["anomaly_map"], expected.anomaly_map)  # the predictions are forward's
+    torch.testing.assert_close(updated["pred_score"], expected.pred_score)
+    logged.clear()
+    batch.gt_label = torch.tensor([1, 1, 1])
+    with torch.no_grad():
+        module.validation_step(batch)
+    assert "val_p_true" not in logged  # no normal image in the batch

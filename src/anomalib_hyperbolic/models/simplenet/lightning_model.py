@@ -52,7 +52,8 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
     Logged while training (epoch means): ``train_loss`` (eq. 8, summed over heads), ``p_true`` and
     ``p_fake`` (the official code's diagnostics: shares of normal features with ``D >= th_pos`` and
     of eq. (6) noisy features with ``D < -th_neg``) and, with ``synthetic_anomalies``,
-    ``p_synthetic`` (the same share for the synthetic-defect features).
+    ``p_synthetic`` (the same share for the synthetic-defect features); while validating,
+    ``val_p_true`` (``p_true`` of the normal validation images, features the model was not trained on).
 
     Args:
         backbone: timm name or local weights file. Default ``wide_resnet50_2.tv_in1k`` (torchvision
@@ -268,9 +269,18 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         return {"loss": loss}
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        """Anomaly maps and scores (eqs. 9-11) for the validation batch."""
+        """Anomaly maps and scores (eqs. 9-11) for the validation batch; ``val_p_true`` on its normal images.
+
+        ``val_p_true`` is ``p_true`` on held-out features: the share of the normal validation images'
+        locations with ``D >= th_pos`` (the heads' mean ``D`` with ``ensemble_size`` > 1).
+        """
         del args, kwargs
-        predictions = self.model(batch.image)
+        patch_scores = self.model.patch_scores(self.model.features(batch.image))  # s = -D, eq. (9)
+        labels = getattr(batch, "gt_label", None)
+        normal = patch_scores if labels is None else patch_scores[labels.to(patch_scores.device) == 0]
+        if normal.numel():
+            self.log("val_p_true", (normal <= -self.loss.th_pos).float().mean(), on_step=False, on_epoch=True)
+        predictions = self.model.predictions(patch_scores, batch.image.shape[-2:])
         return batch.update(**predictions._asdict())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

@@ -161,10 +161,14 @@ class SimpleNetModel(nn.Module):
         """Anomaly score ``s = -D_psi(G_theta(o))`` per location, ``(B, H0, W0, C) -> (B, H0, W0)``, eq. (9)."""
         return -self.normality(self.adaptor(features), self.discriminator)
 
-    def forward(self, images: torch.Tensor) -> InferenceBatch:
-        """Image scores and anomaly maps of ``(B, 3, H, W)`` images, eqs. (9)-(11)."""
-        patch_scores = self.patch_scores(self.features(images)).unsqueeze(1)  # SimpleNet eqs. (9)-(10)
-        anomaly_map = F.interpolate(patch_scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    def predictions(self, patch_scores: torch.Tensor, image_size: tuple[int, int]) -> InferenceBatch:
+        """Anomaly maps and image scores from ``(B, H0, W0)`` patch scores, eqs. (10)-(11)."""
+        patch_scores = patch_scores.unsqueeze(1)  # SimpleNet eq. (10): the map over the feature grid
+        anomaly_map = F.interpolate(patch_scores, size=image_size, mode="bilinear", align_corners=False)
         anomaly_map = self.blur(anomaly_map)  # section 3.6: upsampled and Gaussian-filtered
         source = patch_scores if self.image_score == "patch_max" else anomaly_map
         return InferenceBatch(pred_score=source.flatten(1).amax(dim=1), anomaly_map=anomaly_map)  # SimpleNet eq. (11)
+
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        """Image scores and anomaly maps of ``(B, 3, H, W)`` images, eqs. (9)-(11)."""
+        return self.predictions(self.patch_scores(self.features(images)), images.shape[-2:])
