@@ -533,6 +533,8 @@ def run(settings: Settings) -> dict[str, Any]:
     )
     for name, row in results.items():
         print(f"[main-job] {name} overlays: {row['overlay_dir']} ({row['overlays']} images)")
+    stages = ", ".join(f"{stage} {seconds:.0f}" for stage, seconds in progress.durations.items())
+    print(f"[main-job] seconds per stage: {stages}")
     print(f"[main-job] {quiet.summary()}")
     print(f"[main-job] metrics: {output / 'metrics.json'}, table: {output / 'table.md'}; total {total:.0f} s")
     return summary
