@@ -76,6 +76,7 @@ SIMPLENET_ARGS: dict[str, Any] = {
     "synthetic_anomalies": True,
     "synthetic_copies": 2,
     "synthetic_coverage": 0.5,
+    "adaptor_optimizer": "adam",  # as in those runs (the model's default became AdamW afterwards)
 }
 PATCHCORE_ARGS: dict[str, Any] = {"backbone": "tf_efficientnet_lite0", "layers": ["blocks.2", "blocks.4"]}
 PRECISIONS = ("f32", "bf16", "f16")  # OpenVINO CPU inference precision hints
