@@ -5,7 +5,7 @@ HypAD ...``); this command only adds what anomalib has no verb for.
 
 Subcommands:
     provision-backbone   write real ImageNet EfficientNet-Lite0 weights without a model hub
-    main-job             train + test a model of this package on ELPV with offline weights
+    main-job             SimpleNet next to PatchCore on Magnetic Tile, scored with OpenVINO
     distill-teacher      distil a PDN teacher for HypAD/EfficientAd from any timm backbone
     benchmark            side-by-side grid with anomalib's models: metrics, time, memory, latency
 """
@@ -27,7 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "main-job": (
         "anomalib_hyperbolic.main_job",
         "main",
-        "train and test a model of this package on ELPV with offline ImageNet weights",
+        "SimpleNet next to PatchCore on Magnetic Tile (offline weights), both scored with OpenVINO alone",
     ),
     "distill-teacher": (
         "anomalib_hyperbolic.models.hypad.distill",
