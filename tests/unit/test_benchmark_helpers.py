@@ -258,9 +258,14 @@ def test_raw_score_metrics_see_the_scores_before_post_processing(tmp_path: Path)
     assert raw.results["raw_image_AUROC"] >= normalised["image_AUROC"] - 1e-6  # the clamp only ties scores
 
 
+def write_marker(path: Path, data: str) -> None:
+    """A prepare step for the test below: writes ``data`` to ``path``."""
+    Path(path).write_text(data)
+
+
 def test_prepare_steps_make_missing_paths_only_and_check_they_were_made(tmp_path: Path) -> None:
     made = tmp_path / "made.txt"
-    step = {"path": str(made), "function": "pathlib.Path.write_text", "init_args": {"data": "x"}}
+    step = {"path": str(made), "function": f"{__name__}.write_marker", "init_args": {"data": "x"}}
     benchmark.prepare_files({"prepare": [step]})
     assert made.read_text() == "x"
     made.write_text("kept")
