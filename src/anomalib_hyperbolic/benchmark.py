@@ -182,17 +182,15 @@ def expand_seeds(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _evaluator(with_masks: bool) -> Any:
-    from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
+    from anomalib.metrics import Evaluator, F1Score
+
+    from anomalib_hyperbolic.metrics import threshold_free_metrics
 
     metrics = [
-        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        *threshold_free_metrics(pixel_metrics=with_masks),
         F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
     ]
     if with_masks:
-        metrics += [
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
-        ]
         try:
             from anomalib_hyperbolic.metrics import MIoU
 
@@ -373,12 +371,17 @@ def use_local_pdn_teacher(model: Any, teacher: str | Path) -> None:
     model.prepare_pretrained_model = prepare_pretrained_model
 
 
+def cell_image_size(config: dict[str, Any], spec: dict[str, Any]) -> int:
+    """The cell's input side: its own ``image_size`` when it has one, else the config's (256)."""
+    return int(spec.get("image_size", config.get("image_size", 256)))
+
+
 def build_model(config: dict[str, Any], spec: dict[str, Any]) -> Any:
     """The cell's model: its class and arguments, the common pre-processor, evaluator, no visualizer.
 
-    The input size is the cell's own ``image_size`` when it has one, else the config's (256).
+    The input size is :func:`cell_image_size`.
     """
-    image_size = int(spec.get("image_size", config.get("image_size", 256)))
+    image_size = cell_image_size(config, spec)
     model_class = _import(spec["class_path"])
     model = model_class(
         **spec.get("init_args", {}),
@@ -560,13 +563,12 @@ def _precision_effect(
 ) -> dict[str, Any]:
     import numpy as np
     import torch
-    from anomalib.metrics import AUPRO, AUROC
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2.functional import resize
 
-    from anomalib_hyperbolic.metrics import _Fields
+    from anomalib_hyperbolic.metrics import _Fields, threshold_free_metrics
 
-    image_size = int(spec.get("image_size", config.get("image_size", 256)))
+    image_size = cell_image_size(config, spec)
     with_masks = bool(config.get("pixel_metrics", True))
     model.eval()
     xml = model.to_openvino(export_root=export_dir, input_size=(image_size, image_size))
@@ -575,12 +577,7 @@ def _precision_effect(
     settings = config.get("latency") or {}
     for precision in PRECISIONS:
         request, graph_batch, _ = _openvino_request(xml, 1, image_size, precision)
-        metrics = [AUROC(fields=["pred_score", "gt_label"], prefix="image_")]
-        if with_masks:
-            metrics += [
-                AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-                AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False, fpr_limit=0.3),
-            ]
+        metrics = threshold_free_metrics(pixel_metrics=with_masks)
         scores[precision] = []
         for batch in datamodule.test_dataloader():
             images = resize(batch.image, [image_size, image_size], antialias=True)

@@ -21,7 +21,7 @@ from anomalib.metrics import AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 
-__all__ = ["MIoU", "RawScoreMetrics"]
+__all__ = ["MIoU", "RawScoreMetrics", "threshold_free_metrics"]
 
 
 class _MIoU(Metric):
@@ -114,6 +114,23 @@ class MIoU(AnomalibMetric, _MIoU):  # type: ignore[misc]
     default_fields = ("pred_mask", "gt_mask")
 
 
+def threshold_free_metrics(prefix: str = "", pixel_metrics: bool = True, fpr_limit: float = 0.3) -> list[Metric]:
+    """The image AUROC and, with ``pixel_metrics``, pixel AUROC and AUPRO of anomalib (FPR limit ``fpr_limit``).
+
+    Named ``<prefix>image_AUROC``, ``<prefix>pixel_AUROC`` and ``<prefix>pixel_AUPRO``; the pixel
+    metrics skip batches without masks (``strict=False``).
+    """
+    from anomalib.metrics import AUPRO, AUROC
+
+    metrics: list[Metric] = [AUROC(fields=["pred_score", "gt_label"], prefix=f"{prefix}image_")]
+    if pixel_metrics:
+        metrics += [
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix=f"{prefix}pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix=f"{prefix}pixel_", strict=False, fpr_limit=fpr_limit),
+        ]
+    return metrics
+
+
 class RawScoreMetrics(Callback):
     """Threshold-free test metrics on the model's raw, rank-preserving scores, before post-processing.
 
@@ -167,20 +184,16 @@ class RawScoreMetrics(Callback):
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Rescale what was collected and compute the figures into :attr:`results`."""
         del trainer, pl_module
-        from anomalib.metrics import AUPRO, AUROC
-
         collected = {field: torch.cat(values) for field, values in self.collected.items()}
-        if "pred_score" in collected and "gt_label" in collected:
-            metric = AUROC(fields=["pred_score", "gt_label"], prefix="raw_image_")
-            metric.update(_Fields(pred_score=self._rescaled(collected["pred_score"]), gt_label=collected["gt_label"]))
-            self.results[metric.name] = float(metric.compute())
-        if "anomaly_map" in collected and "gt_mask" in collected:
-            maps = _Fields(anomaly_map=self._rescaled(collected["anomaly_map"]), gt_mask=collected["gt_mask"])
-            for metric in (
-                AUROC(fields=["anomaly_map", "gt_mask"], prefix="raw_pixel_"),
-                AUPRO(fields=["anomaly_map", "gt_mask"], prefix="raw_pixel_", fpr_limit=self.fpr_limit),
-            ):
-                metric.update(maps)
+        if "pred_score" not in collected or "gt_label" not in collected:
+            return
+        for field in ("pred_score", "anomaly_map"):
+            if field in collected:
+                collected[field] = self._rescaled(collected[field])
+        everything = _Fields(**collected)
+        for metric in threshold_free_metrics("raw_", self.pixel_metrics, self.fpr_limit):
+            metric.update(everything)  # the pixel metrics skip a test set without masks
+            if metric.update_called:
                 self.results[metric.name] = float(metric.compute())
 
 
