@@ -785,8 +785,8 @@ def run_grid(
 ) -> list[dict[str, Any]]:
     """Run every missing cell in a subprocess (``parallel`` at a time), then write the tables and plots.
 
-    Before the cells, once: the ``prepare`` steps (see :func:`prepare_files`), the backbone
-    provisioning (``provision``) and the datamodule's ``prepare_data()``. With ``time_only``, nothing
+    Before the cells, once: the backbone provisioning (``provision``), the ``prepare`` steps (see
+    :func:`prepare_files`) and the datamodule's ``prepare_data()``. With ``time_only``, nothing
     is trained: every finished cell that has saved weights and no latency figures is rebuilt and
     timed on this machine instead.
     With ``smoke``, the config's ``smoke`` size runs (see :func:`apply_smoke`). With ``precision``,
@@ -801,8 +801,8 @@ def run_grid(
     specs = [spec for spec in config["models"] if not only or spec["name"] in only or spec.get("group") in only]
     env = {**os.environ, **{key: str(value) for key, value in (config.get("env") or {}).items()}}
     if not time_only:
+        provision(config)  # first: prepare steps may need the weights (e.g. distilling a PDN teacher)
         prepare_files(config)
-        provision(config)
         prepare_data_once(config)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TimeElapsedColumn()) as progress:
