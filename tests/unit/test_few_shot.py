@@ -176,7 +176,7 @@ def test_balanced_batches(root: Path) -> None:
     batches = list(datamodule.train_dataloader())
     assert len(batches) == 3
     for batch in batches:
-        assert batch.gt_label.sum() == 2  # half of the batch of 4: the one anomaly, drawn with replacement
+        assert batch.gt_label.sum() == 2  # half of the batch of 4: the one anomaly, repeated (cycling)
     labels = [0] * 10 + [1]
     sampler = BalancedBatchSampler(labels, batch_size=6, seed=0)
     first, second = list(sampler), list(sampler)
@@ -207,3 +207,88 @@ def test_cutmix_pseudo_anomalies() -> None:
     assert not none.any()
     with pytest.raises(ValueError, match="area_ratio"):
         cutmix_pseudo_anomalies(images, area_ratio=(0.5, 0.1))
+
+
+def test_cutmix_official_jitter_keeps_gray_gray() -> None:
+    gray = torch.rand(4, 1, 32, 32).repeat(1, 3, 1, 1)
+    out, masks = cutmix_pseudo_anomalies(gray, generator=torch.Generator().manual_seed(1))
+    assert (masks.flatten(1).sum(1) > 0).all()
+    torch.testing.assert_close(out[:, 0], out[:, 1], atol=1e-5, rtol=0)  # hue/saturation: no colour on gray
+    torch.testing.assert_close(out[:, 0], out[:, 2], atol=1e-5, rtol=0)
+    assert out.min() >= 0
+    assert out.max() <= 1
+    with pytest.raises(ValueError, match="color_jitter"):
+        cutmix_pseudo_anomalies(gray, color_jitter=(0.1, 0.1, 0.1, 0.9))
+
+
+def test_balanced_sampler_cycles_anomalies() -> None:
+    labels = [0] * 12 + [1] * 3
+    sampler = BalancedBatchSampler(labels, batch_size=6, num_batches=3, seed=0)
+    anomalies = [index for batch in sampler for index in batch if labels[index] == 1]
+    # cycling permutations: each window of 3 consecutive draws holds every anomaly once
+    for start in range(0, len(anomalies), 3):
+        assert sorted(anomalies[start : start + 3]) == [12, 13, 14]
+    normals = [index for batch in BalancedBatchSampler(labels, batch_size=6, num_batches=4, seed=0) for index in batch]
+    normals = [index for index in normals if labels[index] == 0]
+    assert sorted(normals) == list(range(12))  # 12 normals in 4 batches of 3: one permutation
+
+
+@pytest.mark.parametrize("batch_size", [4, 6])
+def test_rank_aware_sampler_partitions_the_single_process_batches(batch_size: int) -> None:
+    labels = [0] * 9 + [1] * 2 + [0] * 3 + [1]
+    single = BalancedBatchSampler(labels, batch_size=2 * batch_size, num_batches=5, seed=3)
+    ranks = [
+        BalancedBatchSampler(labels, batch_size=batch_size, num_batches=5, seed=3, rank=r, num_replicas=2)
+        for r in range(2)
+    ]
+    for _epoch in range(2):  # the streams continue across epochs identically
+        expected = list(single)
+        shares = [list(sampler) for sampler in ranks]
+        assert len(shares[0]) == len(shares[1]) == len(expected) == 5
+        for whole, first, second in zip(expected, *shares, strict=True):
+            assert sorted(first + second) == sorted(whole)
+            assert len(first) == len(second) == batch_size
+            assert sum(labels[i] for i in first) == sum(labels[i] for i in second)  # balanced per rank
+            normal_whole = [i for i in whole if labels[i] == 0]
+            assert not set(i for i in first if labels[i] == 0) & set(i for i in second if labels[i] == 0)
+            assert len(normal_whole) == batch_size
+    # set_epoch (Lightning) replays epoch e whatever came before
+    ranks[0].set_epoch(0)
+    again = BalancedBatchSampler(labels, batch_size=batch_size, num_batches=5, seed=3, rank=0, num_replicas=2)
+    assert list(ranks[0]) == list(again)
+    with pytest.raises(ValueError, match="rank"):
+        BalancedBatchSampler(labels, batch_size=4, rank=2, num_replicas=2)
+
+
+def test_lightning_injects_a_distributed_sampler(root: Path) -> None:
+    """Lightning re-creates the batch sampler with sampler=DistributedSampler under DDP: rank/replicas are kept."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+    datamodule = _setup(root, num_anomalies=2, seed=0, train_batches_per_epoch=3)
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        loader = datamodule.train_dataloader()
+    assert isinstance(loader.batch_sampler, BalancedBatchSampler)
+    shares = []
+    for rank in range(2):
+        injected = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True)
+        updated = _update_dataloader(loader, injected)
+        assert isinstance(updated.batch_sampler, BalancedBatchSampler)
+        assert (updated.batch_sampler.rank, updated.batch_sampler.num_replicas) == (rank, 2)
+        shares.append(list(updated.batch_sampler))
+    single = BalancedBatchSampler(
+        datamodule.train_data.samples.label_index.astype(int).tolist(), batch_size=8, num_batches=3, seed=0
+    )
+    for whole, first, second in zip(single, *shares, strict=True):
+        assert sorted(first + second) == sorted(whole)
+
+
+def test_general_protocol_removes_only_the_sampled_anomalies_by_default(root: Path) -> None:
+    datamodule = _setup(root, num_anomalies=2, seed=0)
+    assert len(_anomalies(datamodule.test_data.samples)) == 2 * N_DEFECT - 2
+    again = _setup(root, num_anomalies=2, seed=0)  # every DDP rank runs _setup: the same split
+    assert again.sampled_anomalies == datamodule.sampled_anomalies
+    assert list(again.test_data.samples.image_path) == list(datamodule.test_data.samples.image_path)
+    kept = _setup(root, num_anomalies=2, max_anomalies=5, seed=0)  # opt-in: equal test sets across K <= 5
+    assert len(_anomalies(kept.test_data.samples)) == 2 * N_DEFECT - 5

@@ -13,8 +13,12 @@ the DRA paper (section 4.2, appendix A.2):
 
 Sampling is seeded and nested: the anomalies are the first ``K`` of one seeded permutation, so the
 1-shot anomaly is the first of the 10-shot set drawn with the same seed. In the general protocol
-the first ``max_anomalies`` (default 10) of that permutation leave the test set whatever ``K``,
-so the test sets of ``K = 1`` and ``K = 10`` are equal, as in the paper's tables.
+only the ``K`` sampled anomalies leave the test set (the paper and the official code,
+``test_threshold = nAnomaly``); ``max_anomalies=M`` removes the first ``max(K, M)`` of the
+permutation instead, so that the test sets of every ``K <= M`` are equal.
+
+The split depends on the seed and the sorted sample paths only, so every rank of a DDP run draws
+the same one (``_setup`` runs on each rank).
 
 The sampled files are logged (``INFO``) and kept in :attr:`FewShotAnomalies.sampled_anomalies`.
 
@@ -46,7 +50,9 @@ import pandas as pd
 import torch
 from anomalib.data import AnomalibDataModule
 from anomalib.data.utils import LabelName
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
+
+from anomalib_hyperbolic import distributed
 
 __all__ = ["BalancedBatchSampler", "FewShotAnomalies", "FewShotSplit", "anomaly_classes", "sample_few_shot"]
 
@@ -112,7 +118,7 @@ def sample_few_shot(
     protocol: str = "general",
     anomaly_class: str | None = None,
     seed: int = 0,
-    max_anomalies: int = 10,
+    max_anomalies: int | None = None,
     class_column: str | None = None,
 ) -> FewShotSplit:
     """Draw ``num_anomalies`` labelled anomalies from a test table (DRA protocols, see module docstring).
@@ -127,8 +133,8 @@ def sample_few_shot(
     if num_anomalies < 0:
         msg = f"num_anomalies must be >= 0, got {num_anomalies}."
         raise ValueError(msg)
-    if max_anomalies < 0:
-        msg = f"max_anomalies must be >= 0, got {max_anomalies}."
+    if max_anomalies is not None and max_anomalies < 0:
+        msg = f"max_anomalies must be >= 0 or None, got {max_anomalies}."
         raise ValueError(msg)
     samples = test_samples.sort_values("image_path", ignore_index=True)
     is_anomalous = samples["label_index"].astype(int) == int(LabelName.ABNORMAL)
@@ -142,12 +148,12 @@ def sample_few_shot(
             msg = "anomaly_class is only used by protocol='hard'; drop it or set protocol='hard'."
             raise ValueError(msg)
         pool = np.flatnonzero(is_anomalous.to_numpy())
-        removed = max(num_anomalies, max_anomalies)
+        removed = num_anomalies if max_anomalies is None else max(num_anomalies, max_anomalies)
         if removed >= n_anomalous and n_anomalous > 0 and num_anomalies > 0:
             msg = (
                 f"The test set has {n_anomalous} anomalies; drawing num_anomalies={num_anomalies} and removing "
-                f"max(num_anomalies, max_anomalies={max_anomalies})={removed} from the test set would leave no "
-                "anomaly to test on. Lower num_anomalies or max_anomalies."
+                f"{removed} (max_anomalies={max_anomalies}) from the test set would leave no anomaly to test on. "
+                "Lower num_anomalies or max_anomalies."
             )
             raise ValueError(msg)
         if num_anomalies > n_anomalous:
@@ -185,49 +191,140 @@ def sample_few_shot(
     return FewShotSplit(train_anomalies=train_anomalies.reset_index(drop=True), test=test, classes=classes)
 
 
-class BalancedBatchSampler(Sampler[list[int]]):
-    """Batches of half normal, half labelled anomalous indices (DevNet/DRA's balanced sampler).
+def _cycling(pool: np.ndarray, generator: torch.Generator) -> Iterator[int]:
+    """Endless stream of ``pool``'s items, one fresh seeded permutation after another (DevNet/DRA's sampler)."""
+    while True:
+        yield from pool[torch.randperm(len(pool), generator=generator).numpy()].tolist()
 
-    Normal indices are drawn without replacement (reshuffled when exhausted), anomalies with
-    replacement, so every batch holds anomalies even for ``K = 1``. Seeded: epoch ``e`` of a sampler
-    with seed ``s`` always yields the same batches.
+
+class BalancedBatchSampler(BatchSampler):
+    """Batches of half normal, half labelled anomalous indices (DevNet/DRA's balanced sampler), rank-aware.
+
+    Normal and anomalous indices are each drawn from a stream of cycling seeded permutations, as the
+    official sampler (``randomGenerator``): every anomaly appears once before any repeats, so every
+    batch holds anomalies even for ``K = 1``. The streams continue across epochs; epoch ``e`` of a
+    sampler with seed ``s`` always yields the same batches (the streams are replayed from the seed).
+
+    **DDP.** Every rank draws the same *global* batch of ``batch_size * num_replicas`` indices
+    (``global // 2`` normal) from the seeded streams and keeps its own share: normals
+    ``[rank::num_replicas]`` and anomalies ``[rank::num_replicas]``. The shares of the ranks are
+    disjoint and together are exactly the batch one process with ``batch_size * num_replicas``
+    would draw, so 2 ranks x batch ``B/2`` train on the images 1 process x batch ``B`` does.
+    ``rank``/``num_replicas`` come from the arguments, else from a ``DistributedSampler`` that
+    Lightning injects through ``sampler`` (it re-creates ``BatchSampler`` subclasses with
+    ``sampler=DistributedSampler(...)`` under ``use_distributed_sampler=True``; only its rank and
+    replica count are used, not its order), else from the running process group at iteration time.
 
     Args:
         labels: Label index (0 normal, 1 anomalous) of every training sample.
-        batch_size: Samples per batch (``batch_size // 2`` normal ones, at least one of each).
+        batch_size: Samples per batch and rank (``batch_size * num_replicas // 2`` normal ones per
+            global batch, at least one of each kind).
         num_batches: Batches per epoch; ``None``: enough to show every normal image once.
         seed: Seed of the sampling.
+        sampler: Ignored but for a ``DistributedSampler``'s ``rank``/``num_replicas`` (see above).
+        drop_last: Ignored (every batch is full); part of ``BatchSampler``'s interface.
+        rank: This process's rank (default: see above).
+        num_replicas: Number of ranks (default: see above).
     """
 
-    def __init__(self, labels: Sequence[int], batch_size: int, num_batches: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        num_batches: int | None = None,
+        seed: int = 0,
+        sampler: Sampler | None = None,
+        drop_last: bool = False,
+        rank: int | None = None,
+        num_replicas: int | None = None,
+    ) -> None:
         labels = np.asarray(labels, dtype=int)
+        self.labels = labels
         self.normal = np.flatnonzero(labels == 0)
         self.anomalous = np.flatnonzero(labels == 1)
         if len(self.normal) == 0 or len(self.anomalous) == 0:
-            msg = "BalancedBatchSampler needs both normal and anomalous training samples."
+            msg = (
+                f"BalancedBatchSampler needs both normal and anomalous training samples, got {len(self.normal)} "
+                f"normal and {len(self.anomalous)} anomalous."
+            )
             raise ValueError(msg)
         if batch_size < 2:
             msg = f"batch_size must be >= 2 for balanced batches, got {batch_size}."
             raise ValueError(msg)
-        self.n_normal = batch_size // 2
-        self.n_anomalous = batch_size - self.n_normal
-        self.num_batches = num_batches or max(1, math.ceil(len(self.normal) / self.n_normal))
+        if isinstance(sampler, DistributedSampler):
+            rank = sampler.rank if rank is None else rank
+            num_replicas = sampler.num_replicas if num_replicas is None else num_replicas
+        if num_replicas is not None and num_replicas < 1:
+            msg = f"num_replicas must be >= 1, got {num_replicas}."
+            raise ValueError(msg)
+        if rank is not None and not 0 <= rank < (num_replicas or 1):
+            msg = f"rank must be in [0, num_replicas={num_replicas}), got {rank}."
+            raise ValueError(msg)
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.num_batches_arg = num_batches
         self.seed = seed
+        self._rank = rank
+        self._num_replicas = num_replicas
         self._epoch = 0
+
+    # -- distribution ----------------------------------------------------------------------------
+
+    @property
+    def rank(self) -> int:
+        """This sampler's rank (argument, injected ``DistributedSampler`` or process group)."""
+        return self._rank if self._rank is not None else distributed.rank()
+
+    @property
+    def num_replicas(self) -> int:
+        """Number of ranks sharing each global batch."""
+        return self._num_replicas if self._num_replicas is not None else distributed.world_size()
+
+    @property
+    def n_normal(self) -> int:
+        """Normal images per global batch."""
+        return self.batch_size * self.num_replicas // 2
+
+    @property
+    def n_anomalous(self) -> int:
+        """Labelled anomalies per global batch."""
+        return self.batch_size * self.num_replicas - self.n_normal
+
+    @property
+    def num_batches(self) -> int:
+        """Batches per epoch."""
+        return self.num_batches_arg or max(1, math.ceil(len(self.normal) / self.n_normal))
 
     def __len__(self) -> int:
         return self.num_batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self._epoch)
-        self._epoch += 1
-        queue: list[int] = []
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch of the next ``__iter__`` (Lightning calls it before every training epoch)."""
+        self._epoch = epoch
+
+    # -- sampling --------------------------------------------------------------------------------
+
+    def global_batches(self, epoch: int) -> Iterator[tuple[list[int], list[int]]]:
+        """``(normal, anomalous)`` indices of every global batch of ``epoch`` (identical on every rank)."""
+        normal_stream = _cycling(self.normal, torch.Generator().manual_seed(2 * self.seed))
+        anomalous_stream = _cycling(self.anomalous, torch.Generator().manual_seed(2 * self.seed + 1))
+        for _ in range(epoch * self.num_batches):  # replay the earlier epochs: the streams continue
+            for _ in range(self.n_normal):
+                next(normal_stream)
+            for _ in range(self.n_anomalous):
+                next(anomalous_stream)
         for _ in range(self.num_batches):
-            while len(queue) < self.n_normal:
-                queue.extend(self.normal[torch.randperm(len(self.normal), generator=generator).numpy()].tolist())
-            normal, queue = queue[: self.n_normal], queue[self.n_normal :]
-            picks = torch.randint(len(self.anomalous), (self.n_anomalous,), generator=generator).numpy()
-            yield normal + self.anomalous[picks].tolist()
+            normal = [next(normal_stream) for _ in range(self.n_normal)]
+            anomalous = [next(anomalous_stream) for _ in range(self.n_anomalous)]
+            yield normal, anomalous
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self._epoch
+        self._epoch += 1
+        rank, replicas = self.rank, self.num_replicas
+        for normal, anomalous in self.global_batches(epoch):
+            yield normal[rank::replicas] + anomalous[rank::replicas]
 
 
 class FewShotAnomalies(AnomalibDataModule):
@@ -244,9 +341,9 @@ class FewShotAnomalies(AnomalibDataModule):
         protocol: ``"general"`` or ``"hard"`` (see the module docstring).
         anomaly_class: The seen class of the hard protocol (e.g. an MVTec defect folder).
         seed: Seed of the anomaly sampling and of the balanced batches.
-        max_anomalies: General protocol: the first ``max(num_anomalies, max_anomalies)`` anomalies of
-            the seeded permutation leave the test set, so test sets are equal for every
-            ``K <= max_anomalies`` (the paper compares K = 1 and K = 10).
+        max_anomalies: General protocol: ``None`` (default, the paper and official code): only the
+            ``K`` sampled anomalies leave the test set; ``M``: the first ``max(K, M)`` anomalies of the
+            seeded permutation leave it, so test sets are equal for every ``K <= M``.
         class_column: Samples column naming the anomaly class (default: see :func:`anomaly_classes`).
         balanced_batches: Training batches of half normal, half labelled anomalous images
             (:class:`BalancedBatchSampler`); otherwise plain shuffling.
@@ -261,7 +358,7 @@ class FewShotAnomalies(AnomalibDataModule):
         protocol: Literal["general", "hard"] = "general",
         anomaly_class: str | None = None,
         seed: int = 0,
-        max_anomalies: int = 10,
+        max_anomalies: int | None = None,
         class_column: str | None = None,
         balanced_batches: bool = True,
         train_batches_per_epoch: int | None = None,
@@ -366,7 +463,11 @@ class FewShotAnomalies(AnomalibDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Balanced batches (see :class:`BalancedBatchSampler`) when there are labelled anomalies."""
+        """Balanced batches (see :class:`BalancedBatchSampler`) when there are labelled anomalies.
+
+        ``train_batch_size`` is per rank: under DDP the sampler shares global batches of
+        ``train_batch_size * world_size`` between the ranks.
+        """
         labels = self.train_data.samples["label_index"].astype(int).to_numpy()
         if not self.balanced_batches or not (labels == 1).any() or not (labels == 0).any():
             return super().train_dataloader()
