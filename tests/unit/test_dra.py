@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from anomalib.data import InferenceBatch, MVTecAD
 from anomalib.engine import Engine
+from lightning.pytorch.callbacks import Callback
 
 from anomalib_hyperbolic.data import FewShotAnomalies
 from anomalib_hyperbolic.models import DRA
@@ -192,3 +194,101 @@ def test_tiny_fit(dataset_root: Path, tmp_path: Path) -> None:
     assert model.model.reference_features_0.numel() > 0
     results = engine.test(model=model, datamodule=_datamodule(dataset_root, 2))
     assert 0.0 <= results[0]["image_AUROC"] <= 1.0
+
+
+class _Recorder(Callback):
+    """Records the references and the batch of every training step."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[list[int], list[int]]] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any, **kwargs: Any) -> None:
+        del trainer, args, kwargs
+        self.steps.append((list(pl_module.last_reference_indices), list(pl_module.last_batch_indices)))
+
+
+def test_references_are_distinct_training_normals_outside_the_batch(tmp_path: Path) -> None:
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=12, n_test_good=3, n_test_defect=3)
+    inner = MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=8, num_workers=0)
+    datamodule = FewShotAnomalies(inner, num_anomalies=2, train_batches_per_epoch=3)
+    model, recorder = _tiny_model(), _Recorder()
+    engine = Engine(
+        max_epochs=1,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=[recorder],
+    )
+    engine.fit(model=model, datamodule=datamodule)
+    labels = datamodule.train_data.samples.label_index.astype(int).to_numpy()
+    assert len(recorder.steps) == 3
+    for references, batch in recorder.steps:
+        assert len(references) == len(set(references)) == 5  # N_r = 5 distinct images
+        assert all(labels[i] == 0 for i in references)  # training normals
+        assert not set(references) & set(batch)  # none of the images they are compared with
+        assert len(batch) == 4
+    assert len({tuple(step[0]) for step in recorder.steps}) > 1  # a fresh draw per step (official)
+    # inference reference: a fixed, seeded set of training normals, the same after another fit
+    fixed = model.model.reference_images.clone()
+    assert fixed.shape == (5, 3, 64, 64)
+    pool = torch.stack([datamodule.train_data[int(i)].image for i in (labels == 0).nonzero()[0]])
+    pool = model.pre_processor.transform(pool)
+    for image in fixed:
+        assert any(torch.allclose(image, candidate, atol=1e-5) for candidate in pool)
+    other = _tiny_model()
+    Engine(max_epochs=1, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False).fit(
+        model=other, datamodule=datamodule
+    )
+    torch.testing.assert_close(other.model.reference_images, fixed)
+
+
+def test_too_few_normals_for_the_references(dataset_root: Path, tmp_path: Path) -> None:
+    model = DRA(
+        backbone="resnet18", pre_trained=False, num_reference=7, pre_processor=DRA.configure_pre_processor((64, 64))
+    )
+    with pytest.raises(ValueError, match=r"num_reference=7.*has 6"):
+        _engine(tmp_path).fit(model=model, datamodule=_datamodule(dataset_root, 2))
+
+
+def test_rotation_and_pseudo_anomalies_on_raw_pixels() -> None:
+    model = _tiny_model()
+    images = model.pre_processor.transform(torch.rand(4, 3, 64, 64))
+    kinds = torch.tensor([0, 0, 1, 1])
+    out, new_kinds = model._augment(images, kinds, 1.0, [(0, i, 0) for i in range(4)])
+    assert (new_kinds == torch.tensor([2, 2, 1, 1])).all()  # normals become pseudo anomalies, labelled stay
+    assert not torch.allclose(out[2], images[2])  # labelled anomalies are rotated too
+    again, _ = model._augment(images, kinds, 1.0, [(0, i, 0) for i in range(4)])
+    torch.testing.assert_close(out, again)  # seeded by (seed, step, key)
+    # black fill in the normalised space: the corners of a rotated image are ImageNet black
+    mean, std = model._normalisation()
+    black = ((0 - mean) / std).view(3)
+    corners = out[:, :, 0, 0]
+    assert any(torch.allclose(corner, black, atol=1e-5) for corner in corners)
+    still = DRA(backbone="resnet18", pre_trained=False, rotation_degrees=0, pre_processor=model.pre_processor)
+    unrotated, _ = still._augment(images, kinds, 0.0, [(0, i, 0) for i in range(4)])
+    torch.testing.assert_close(unrotated, images, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="rotation_degrees"):
+        DRA(backbone="resnet18", pre_trained=False, rotation_degrees=200)
+
+
+def test_defaults_follow_the_official_code() -> None:
+    import inspect
+
+    assert inspect.signature(DRA).parameters["backbone"].default == "resnet18.tv_in1k"
+    assert inspect.signature(DRAModel).parameters["backbone"].default == "resnet18.tv_in1k"
+    assert inspect.signature(DRA).parameters["rotation_degrees"].default == 180.0
+    model = DRA(backbone="resnet18", pre_trained=False)
+    config = model.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _epoch in range(30):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # official: StepLR(10, 0.1) stepped at the start of every epoch -> epochs 0-8, 9-18, 19-28, 29
+    assert rates[:9] == pytest.approx([2e-4] * 9)
+    assert rates[9:19] == pytest.approx([2e-5] * 10)
+    assert rates[19:29] == pytest.approx([2e-6] * 10)
+    assert rates[29] == pytest.approx(2e-7)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -30,11 +31,13 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
-from torchvision.transforms.v2 import Compose, Normalize, Resize
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+from torchvision.transforms.v2 import functional as TF
 
+from anomalib_hyperbolic.distributed import all_gather_cat, broadcast
 from anomalib_hyperbolic.learning_types import SupervisedLearningType
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
-from anomalib_hyperbolic.synthesis import random_pseudo_anomalies
+from anomalib_hyperbolic.synthesis import cutmix_pseudo_anomalies
 
 from .loss import DRALoss
 from .torch_model import DRAModel
@@ -55,7 +58,8 @@ class DRA(PortableCheckpointMixin, AnomalibModule):
     """DRA: disentangled representations of seen, pseudo and latent residual abnormalities.
 
     Args:
-        backbone: timm name or local weights file of the shared feature network (ResNet-18).
+        backbone: timm name or local weights file of the shared feature network (ResNet-18 with
+            torchvision's ImageNet weights, ``resnet18.tv_in1k``, as the official code).
         layer: Feature level of the heads; ``None`` = the deepest (``layer4``, 512 channels for ResNet-18).
         pre_trained: ImageNet weights for the backbone.
         num_reference: ``N_r`` reference images of the latent residual head (5, eq. 6).
@@ -67,9 +71,14 @@ class DRA(PortableCheckpointMixin, AnomalibModule):
             as the official data loader).
         reference_pseudo_prob: Chance that a reference image is a pseudo anomaly (0.5: the reference set
             mixes normal and pseudo-anomalous images, appendix B.1).
+        rotation_degrees: Training images (normal, labelled, pseudo anomalies and references) are
+            rotated by ``U(-d, d)`` degrees (official ``RandomRotation(180)``; ``0`` disables).
+        seed: Seed of the reference draws and of the training augmentation (pseudo anomalies, rotation).
         lr: Adam learning rate (2e-4).
         weight_decay: Adam weight decay (1e-5).
-        lr_step_size: Epochs between learning-rate decays (10, official code; ``0`` disables).
+        lr_step_size: Epochs between learning-rate decays (10, official code; ``0`` disables). As the
+            official code steps ``StepLR`` at the start of each epoch, epoch ``e`` (from 0) trains at
+            ``lr * lr_gamma ** ((e + 1) // lr_step_size)``: the first decay comes before epoch 9.
         lr_gamma: Learning-rate decay factor (0.1, official code).
         pre_processor: Pre-processor, or ``True`` for the default (448x448, ImageNet normalisation).
         post_processor: Post-processor, or ``True`` for the default (see :meth:`configure_post_processor`).
@@ -79,7 +88,7 @@ class DRA(PortableCheckpointMixin, AnomalibModule):
 
     def __init__(
         self,
-        backbone: str | os.PathLike = "resnet18",
+        backbone: str | os.PathLike = "resnet18.tv_in1k",
         layer: str | None = None,
         pre_trained: bool = True,
         num_reference: int = 5,
@@ -89,6 +98,8 @@ class DRA(PortableCheckpointMixin, AnomalibModule):
         margin: float = 5.0,
         pseudo_anomaly_prob: float = 0.5,
         reference_pseudo_prob: float = 0.5,
+        rotation_degrees: float = 180.0,
+        seed: int = 0,
         lr: float = 2e-4,
         weight_decay: float = 1e-5,
         lr_step_size: int = 10,
@@ -114,6 +125,9 @@ class DRA(PortableCheckpointMixin, AnomalibModule):
         if lr <= 0:
             msg = f"lr must be > 0, got {lr}."
             raise ValueError(msg)
+        if not 0 <= rotation_degrees <= 180:
+            msg = f"rotation_degrees must be in [0, 180], got {rotation_degrees}."
+            raise ValueError(msg)
         self.model = DRAModel(
             backbone=backbone,
             layer=layer,
@@ -126,11 +140,20 @@ class DRA(PortableCheckpointMixin, AnomalibModule):
         self.num_reference = num_reference
         self.pseudo_anomaly_prob = pseudo_anomaly_prob
         self.reference_pseudo_prob = reference_pseudo_prob
+        self.rotation_degrees = rotation_degrees
+        self.seed = seed
         self.lr = lr
         self.weight_decay = weight_decay
         self.lr_step_size = lr_step_size
         self.lr_gamma = lr_gamma
         self._anomalies_seen = 0
+        self._reference_pool: list[int] = []  # dataset indices of the training normals
+        self._path_index: dict[str, int] = {}
+        self._reference_generator = torch.Generator()
+        self._warned_overlap = False
+        #: Dataset indices of the last step's references and batch (global over the ranks), for inspection.
+        self.last_reference_indices: list[int] = []
+        self.last_batch_indices: list[int] = []
 
     # -- anomalib hooks ----------------------------------------------------------------------
 
@@ -171,19 +194,28 @@ class DRA(PortableCheckpointMixin, AnomalibModule):
         return SupervisedLearningType.SUPERVISED
 
     def configure_optimizers(self) -> Any:
-        """Adam (lr 2e-4, weight decay 1e-5), step decay x0.1 every 10 epochs (official code)."""
+        """Adam (lr 2e-4, weight decay 1e-5), step decay x0.1 every 10 epochs, as the official code.
+
+        The official loop calls ``StepLR.step()`` at the *start* of every epoch, so epoch ``e`` (from 0)
+        trains at ``lr * gamma ** ((e + 1) // step_size)`` (epochs 0-8 at 2e-4, 9-18 at 2e-5, ...);
+        Lightning steps after each epoch, hence the ``+ 1``.
+        """
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         if self.lr_step_size <= 0:
             return optimizer
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_size, gamma=self.lr_gamma)
+        step_size, gamma = self.lr_step_size, self.lr_gamma
+
+        def factor(epoch: int) -> float:
+            return gamma ** ((epoch + 1) // step_size)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # -- checks --------------------------------------------------------------------------------
 
     def on_train_start(self) -> None:
-        """Fail early when the training split has no labelled anomaly."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        train_data = getattr(datamodule, "train_data", None)
+        """Fail early without labelled anomalies; set up the reference pool and the inference references."""
+        train_data = self._train_dataset()
         samples = getattr(train_data, "samples", None)
         if (
             samples is not None
@@ -192,41 +224,160 @@ class DRA(PortableCheckpointMixin, AnomalibModule):
         ):
             raise ValueError(NO_ANOMALY_MESSAGE)
         self._anomalies_seen = 0
+        self._setup_references(train_data)
+
+    # -- references --------------------------------------------------------------------------
+
+    def _train_dataset(self) -> Any:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        train_data = getattr(datamodule, "train_data", None)
+        if train_data is None:
+            loader = getattr(self.trainer, "train_dataloader", None)
+            train_data = getattr(loader, "dataset", None)
+        return train_data
+
+    def _setup_references(self, train_data: Any) -> None:
+        """Pool of training normals (label 0) and the fixed, seeded inference reference set (eq. 6).
+
+        Raises:
+            ValueError: the training split has fewer normal images than ``num_reference``.
+        """
+        samples = getattr(train_data, "samples", None)
+        if samples is None or "label_index" not in samples.columns:
+            msg = "DRA draws its reference images from the training dataset's samples table (label_index column)."
+            raise ValueError(msg)
+        labels = samples["label_index"].astype(int).to_numpy()
+        self._reference_pool = [int(i) for i in (labels == 0).nonzero()[0]]
+        if len(self._reference_pool) < self.num_reference:
+            msg = (
+                f"DRA needs at least num_reference={self.num_reference} normal training images for its reference "
+                f"set; the training split has {len(self._reference_pool)}. Lower num_reference or add normals."
+            )
+            raise ValueError(msg)
+        self._train_data = train_data
+        self._path_index = {str(path): int(i) for i, path in enumerate(samples["image_path"].astype(str))}
+        self._reference_generator = torch.Generator().manual_seed(self.seed)
+        # Inference: the official evaluation draws a fresh reference batch (with training transforms) for
+        # every test batch, so scores depend on the draw and the batch; we fix one seeded set of N_r distinct
+        # training normals, un-augmented, stored as buffers so that the exported model is self-contained.
+        fixed = torch.Generator().manual_seed(self.seed + 1)
+        order = torch.randperm(len(self._reference_pool), generator=fixed)[: self.num_reference]
+        indices = [self._reference_pool[int(i)] for i in order]
+        self.model.reference_images = broadcast(self._load_images(indices)).detach().clone()
+
+    def _load_images(self, indices: Sequence[int]) -> torch.Tensor:
+        """Training images ``indices`` as the training batches see them (dataset transforms, then pre-processor)."""
+        images = torch.stack([self._train_data[int(i)].image for i in indices]).to(self.device)
+        transform = getattr(self.pre_processor, "transform", None)
+        return transform(images) if transform is not None else images
+
+    def _draw_reference_indices(self, exclude: set[int]) -> list[int]:
+        """``N_r`` distinct training normals for this step, outside ``exclude`` (the global batch) when possible.
+
+        A fresh draw every step, as the official code (a separate loader of training normals yields a new
+        reference batch per iteration). Seeded; identical on every rank (``exclude`` is the global batch).
+        """
+        candidates = [i for i in self._reference_pool if i not in exclude]
+        if len(candidates) < self.num_reference:
+            if not self._warned_overlap:
+                logger.warning(
+                    "DRA: only %d training normals are outside the batch, fewer than num_reference=%d; the "
+                    "references may include batch images.",
+                    len(candidates),
+                    self.num_reference,
+                )
+                self._warned_overlap = True
+            candidates = self._reference_pool
+        order = torch.randperm(len(candidates), generator=self._reference_generator)[: self.num_reference]
+        return [candidates[int(i)] for i in order]
+
+    # -- augmentation ------------------------------------------------------------------------
+
+    def _normalisation(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(mean, std)`` of the pre-processor's ``Normalize`` (``None``: images are raw pixels)."""
+        transform = getattr(self.pre_processor, "transform", None)
+        stack = [transform]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, Normalize):
+                mean = torch.tensor(item.mean, device=self.device).view(1, -1, 1, 1)
+                std = torch.tensor(item.std, device=self.device).view(1, -1, 1, 1)
+                return mean, std
+            stack.extend(getattr(item, "transforms", []) or [])
+        return None
+
+    def _augment(
+        self,
+        images: torch.Tensor,
+        kinds: torch.Tensor,
+        pseudo_prob: float,
+        keys: Sequence[tuple[int, ...]],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CutMix pseudo anomalies of normal images (eq. 4) and ``RandomRotation``, as the official transforms.
+
+        Works on raw pixels (the batch is denormalised and renormalised): each normal image becomes a pseudo
+        anomaly (kind 2) with ``pseudo_prob`` (CutMix with ``ColorJitter(0.1, 0.1, 0.1, 0.1)``), then every
+        image is rotated by ``U(-rotation_degrees, rotation_degrees)`` (nearest, black fill). Image ``i``'s
+        randomness comes from a generator seeded by ``(seed, step, *keys[i])``, so an image gets the same
+        augmentation whichever rank or batch position it has.
+        """
+        norm = self._normalisation()
+        raw = images * norm[1] + norm[0] if norm is not None else images
+        raw = raw.clone()
+        kinds = kinds.clone()
+        step = int(self.global_step)
+        for i in range(raw.shape[0]):
+            generator = torch.Generator().manual_seed(hash((self.seed, step, *keys[i])) & 0x7FFF_FFFF_FFFF_FFFF)
+            draw = float(torch.rand((), generator=generator))
+            if int(kinds[i]) == 0 and draw < pseudo_prob:
+                pseudo, _ = cutmix_pseudo_anomalies(raw[i : i + 1].clamp(0, 1), generator=generator)
+                raw[i] = pseudo[0]
+                kinds[i] = 2
+            if self.rotation_degrees > 0:
+                angle = (2 * float(torch.rand((), generator=generator)) - 1) * self.rotation_degrees
+                raw[i] = TF.rotate(raw[i], angle, interpolation=InterpolationMode.NEAREST, fill=0.0)
+        out = (raw - norm[0]) / norm[1] if norm is not None else raw
+        return out, kinds
 
     # -- training ------------------------------------------------------------------------------
 
-    def _reference_images(self, images: torch.Tensor, normal_index: torch.Tensor) -> torch.Tensor:
-        """``N_r`` reference images drawn from the batch's normal images, some made pseudo anomalies."""
-        if normal_index.numel() == 0:
-            if self.model.reference_images.numel() == 0:
-                msg = "DRA needs normal images in its training batches (none in the first batch)."
-                raise ValueError(msg)
-            return self.model.reference_images
-        if normal_index.numel() >= self.num_reference:
-            pick = normal_index[torch.randperm(normal_index.numel(), device=normal_index.device)[: self.num_reference]]
-        else:
-            pick = normal_index[torch.randint(normal_index.numel(), (self.num_reference,), device=normal_index.device)]
-        reference, _, _ = random_pseudo_anomalies(images[pick], self.reference_pseudo_prob)
-        return reference
+    def _batch_indices(self, batch: Batch) -> list[int]:
+        paths = batch.image_path if batch.image_path is not None else []
+        return [self._path_index.get(str(path), -1) for path in paths]
 
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        """One DRA step: CutMix pseudo anomalies, reference set, four head losses (eq. 1)."""
+        """One DRA step: references, CutMix pseudo anomalies, rotation, four head losses (eq. 1)."""
         del args, kwargs
         if batch.gt_label is None:
             raise ValueError(NO_ANOMALY_MESSAGE)
+        if not self._reference_pool:  # training_step called outside Trainer.fit
+            self._setup_references(self._train_dataset())
         images = batch.image
         kinds = batch.gt_label.long().to(images.device).clone()
         self._anomalies_seen += int((kinds == 1).sum())
-        normal_index = (kinds == 0).nonzero().flatten()
-        reference = self._reference_images(images, normal_index)
-        if normal_index.numel() > 0:
-            augmented, is_pseudo, _ = random_pseudo_anomalies(images[normal_index], self.pseudo_anomaly_prob)
-            images = images.clone()
-            images[normal_index] = augmented
-            kinds[normal_index[is_pseudo]] = 2
+        local = self._batch_indices(batch)
+        global_batch = all_gather_cat(torch.tensor(local, dtype=torch.long, device=self.device))
+        self.last_batch_indices = [int(i) for i in global_batch.tolist()]
+        drawn = torch.tensor(self._draw_reference_indices(set(self.last_batch_indices)), device=self.device)
+        self.last_reference_indices = [int(i) for i in broadcast(drawn).tolist()]
+        # References: training normals with the training transforms, each a pseudo anomaly with p = 0.5
+        # (the official reference loader reads the training set, appendix B.1), the same on every rank.
+        reference, _ = self._augment(
+            self._load_images(self.last_reference_indices),
+            torch.zeros(self.num_reference, dtype=torch.long, device=self.device),
+            self.reference_pseudo_prob,
+            [(1, index, j) for j, index in enumerate(self.last_reference_indices)],
+        )
+        reference = broadcast(reference.contiguous())
+        seen: dict[int, int] = {}
+        keys = []
+        for position, index in enumerate(local):
+            key = index if index >= 0 else -1 - position
+            seen[key] = seen.get(key, -1) + 1
+            keys.append((0, key, seen[key]))
+        images, kinds = self._augment(images, kinds, self.pseudo_anomaly_prob, keys)
         scores = self.model(images, reference)
         losses = self.loss(scores, kinds)
-        self.model.reference_images = reference.detach().clone()
         for head in ("seen", "pseudo", "residual", "normal"):
             self.log(f"train_loss_{head}", losses[head].detach(), on_epoch=True, on_step=False, logger=True)
         self.log("train_loss", losses["loss"].detach(), on_epoch=True, prog_bar=True, logger=True)
@@ -237,13 +388,16 @@ class DRA(PortableCheckpointMixin, AnomalibModule):
         if self._anomalies_seen == 0:
             raise ValueError(NO_ANOMALY_MESSAGE)
         self._anomalies_seen = 0
-        self.model.update_reference_features()
+        self._refresh_reference()
 
     # -- evaluation ----------------------------------------------------------------------------
 
     def _refresh_reference(self) -> None:
+        """Reference features from the current weights, rank 0's on every rank (BN running stats may differ)."""
         if self.model.reference_images.numel() > 0:
             self.model.update_reference_features()
+            for level in range(self.model.num_scales):
+                broadcast(getattr(self.model, f"reference_features_{level}"))
 
     def on_validation_start(self) -> None:
         """Reference features from the current weights."""

@@ -115,7 +115,8 @@ class DRAModel(nn.Module):
     """DRA network: shared feature extractor, four heads, two-level image pyramid.
 
     Args:
-        backbone: timm model name or local weights file (see :mod:`anomalib_hyperbolic.backbones`).
+        backbone: timm model name or local weights file (see :mod:`anomalib_hyperbolic.backbones`);
+            default ``resnet18.tv_in1k``, torchvision's ImageNet ResNet-18 (the official weights).
         layer: Feature level used by the heads; ``None``: the deepest one (``layer4`` of a ResNet,
             the 512-channel map of the paper).
         pre_trained: Load ImageNet weights.
@@ -127,7 +128,7 @@ class DRAModel(nn.Module):
 
     def __init__(
         self,
-        backbone: str | os.PathLike = "resnet18",
+        backbone: str | os.PathLike = "resnet18.tv_in1k",
         layer: str | None = None,
         pre_trained: bool = True,
         top_k_ratio: float = 0.1,
