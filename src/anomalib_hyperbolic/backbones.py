@@ -156,19 +156,22 @@ def create_feature_extractor(
         msg = f"Unknown layer(s) {unknown or list(layers)} for backbone {spec.arch!r}; valid layers: {valid}."
         raise ValueError(msg)
     if spec.weights_file is None:
-        return TimmFeatureExtractor(
+        extractor = TimmFeatureExtractor(
             spec.arch, layers=list(layers), pre_trained=pre_trained, requires_grad=requires_grad
         )
-    extractor = TimmFeatureExtractor(spec.arch, layers=list(layers), pre_trained=False, requires_grad=requires_grad)
-    if pre_trained:
-        extractor.feature_extractor = create_timm_model(
-            spec.weights_file,
-            pre_trained=True,
-            features_only=True,
-            exportable=True,
-            out_indices=extractor.idx,
-        )
-    return extractor
+    else:
+        extractor = TimmFeatureExtractor(spec.arch, layers=list(layers), pre_trained=False, requires_grad=requires_grad)
+        if pre_trained:
+            extractor.feature_extractor = create_timm_model(
+                spec.weights_file,
+                pre_trained=True,
+                features_only=True,
+                exportable=True,
+                out_indices=extractor.idx,
+            )
+    # anomalib's extractor only runs a frozen backbone under no_grad; its parameters still ask for
+    # gradients, which DDP then waits for ("parameters that were not used in producing the loss")
+    return extractor.requires_grad_(requires_grad)
 
 
 # ---------------------------------------------------------------------------------------------

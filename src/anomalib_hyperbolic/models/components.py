@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from anomalib_hyperbolic.distributed import all_reduce_sum, is_distributed
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,6 +55,21 @@ class ChannelMoments:
         self.total = total if self.total is None else self.total + total
         self.squares = squares if self.squares is None else self.squares + squares
         self.count += flat.shape[1]
+
+    def all_reduce(self) -> ChannelMoments:
+        """Sum the counts and sums of every rank (under DDP; a no-op in one process); returns ``self``.
+
+        Each rank must have added its own images (``distributed.shard``), so each image counts once.
+        """
+        if not is_distributed():
+            return self
+        if self.total is None or self.squares is None:
+            msg = "No features were added to the channel statistics on this rank (fewer images than ranks?)."
+            raise ValueError(msg)
+        packed = all_reduce_sum(torch.cat([self.total, self.squares, self.total.new_tensor([self.count])]))
+        channels = self.total.numel()
+        self.total, self.squares, self.count = packed[:channels], packed[channels:-1], int(packed[-1])
+        return self
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, std)`` per channel, float64.

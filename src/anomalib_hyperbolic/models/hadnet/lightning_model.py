@@ -30,10 +30,14 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import seed_everything
+from lightning.pytorch.utilities.seed import isolate_rng
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
+from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from anomalib_hyperbolic.distributed import DistributedStateMixin, broadcast, shard, world_size
 from anomalib_hyperbolic.geometry import DEFAULT_CLIP_RADIUS
 from anomalib_hyperbolic.metrics import MIoU
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
@@ -53,7 +57,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["HADNet"]
 
 
-class HADNet(PortableCheckpointMixin, AnomalibModule):
+class HADNet(DistributedStateMixin, PortableCheckpointMixin, AnomalibModule):
     """HADNet: hyperbolic geometry enhanced feature filtering network (Feng et al., Sci. Rep. 2025).
 
     Args:
@@ -307,8 +311,31 @@ class HADNet(PortableCheckpointMixin, AnomalibModule):
             raise ValueError(msg)
         if bool(self.model.initialized):
             return
-        loader = self.trainer.train_dataloader
-        self.initialize(loader)
+        # Stage 1 sees the same images and random draws on every rank and in one process: a loader of
+        # global batches (the per-rank batch x the ranks) shuffled with `seed`, in a seeded RNG scope.
+        # Its sums are split over the ranks (shard + all-reduce); the fits run on every rank alike and
+        # rank 0's result is broadcast (so every rank holds one model whatever the kernels do).
+        with isolate_rng():
+            seed_everything(self.seed, verbose=False)
+            self.initialize(self._initialization_loader())
+        for name, tensor in [*self.model.named_buffers(), *self.model.named_parameters()]:
+            if name.startswith(("feature_mean_", "feature_std_", "selected_", "hyperplane_", "initialized")):
+                broadcast(tensor)
+
+    def _initialization_loader(self) -> Any:
+        """The training split in global batches, shuffled with ``seed`` (the trainer's loader without a datamodule)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            return self.trainer.train_dataloader
+        loader = datamodule.train_dataloader()
+        return DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size * world_size(),
+            shuffle=True,
+            generator=torch.Generator().manual_seed(self.seed),
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+        )
 
     def initialize(self, loader: Any) -> None:
         """Stage 1 on batches of ``loader``: feature statistics, hyperplanes, AFSS selection."""
@@ -317,12 +344,13 @@ class HADNet(PortableCheckpointMixin, AnomalibModule):
         model.eval()
         state = None
         for batch in self._cycle(loader, self.init_batches):
-            images = self._images(batch)
-            state = model.update_feature_statistics(images, state)
+            images = shard(self._images(batch))  # this rank's share of the batch (all of it in one process)
+            if len(images):
+                state = model.update_feature_statistics(images, state)
         if state is None:
-            msg = "HADNet got an empty training dataloader."
+            msg = "HADNet got an empty training dataloader (or fewer images than ranks)."
             raise ValueError(msg)
-        model.set_feature_statistics(state)
+        model.set_feature_statistics([moments.all_reduce() for moments in state])
 
         if self.selection == "random":
             model.set_selection([torch.zeros(c) for c in model.channels], mode="random", seed=self.seed)
@@ -332,7 +360,7 @@ class HADNet(PortableCheckpointMixin, AnomalibModule):
         if self.afss_target == "hyperplane" and self.hst_steps > 0:
             params = [*model.hyperplane_offsets, *model.hyperplane_normals, model.hyperplane_log_scales]
             optimizer = torch.optim.Adam(params, lr=self.hst_lr)
-            with torch.enable_grad():
+            with torch.enable_grad(), model.fitting_hyperplanes():
                 for batch in self._cycle(loader, self.hst_steps):
                     anomalous, masks, _ = self._anomalous(batch, init=True)
                     points = model.hst(model.extract(anomalous))

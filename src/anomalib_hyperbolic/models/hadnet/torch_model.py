@@ -21,8 +21,9 @@ model exports to ONNX and OpenVINO.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -213,6 +214,9 @@ class HADNetModel(nn.Module):
             [nn.Parameter(torch.randn(1, w) / math.sqrt(w)) for w in self.channels]
         )
         self.hyperplane_log_scales = nn.Parameter(torch.zeros(len(self.channels)))
+        # fitted in stage 1 only (fitting_hyperplanes), then fixed: no gradients in training (DDP waits for those)
+        for parameter in self.hyperplane_parameters():
+            parameter.requires_grad_(False)
 
         self.reconstructors = nn.ModuleList([FeatureAutoencoder(r, hidden_ratio) for r in self.num_selected])
         # RealNet RRS: residual channels are ranked after a parameter-free batch norm.
@@ -220,6 +224,21 @@ class HADNetModel(nn.Module):
         self.discriminator = Discriminator(self.num_residuals, discriminator_widths)
 
     # ---------------------------------------------------------------- parts
+    def hyperplane_parameters(self) -> list[nn.Parameter]:
+        """The HST hyperplanes' offsets, normals and log-scales."""
+        return [*self.hyperplane_offsets, *self.hyperplane_normals, self.hyperplane_log_scales]
+
+    @contextlib.contextmanager
+    def fitting_hyperplanes(self) -> Iterator[None]:
+        """Let the hyperplanes take gradients for the duration of the block (stage 1)."""
+        for parameter in self.hyperplane_parameters():
+            parameter.requires_grad_(True)
+        try:
+            yield
+        finally:
+            for parameter in self.hyperplane_parameters():
+                parameter.requires_grad_(False)
+
     def train(self, mode: bool = True) -> HADNetModel:
         """Switch mode, keeping the frozen backbone in eval mode."""
         super().train(mode)

@@ -25,8 +25,10 @@ from anomalib.models import AnomalibModule, EfficientAd
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Normalize
 
+from anomalib_hyperbolic.distributed import all_reduce_sum, is_distributed, shard_loader
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
 
 from .schedule import step_decay_scheduler
@@ -148,6 +150,31 @@ class HypAD(PortableCheckpointMixin, EfficientAd, AnomalibModule):
         self.prepare_imagenette_data(next(iter(self.trainer.train_dataloader)).image.shape[-2:])
         if not self.model.is_set(self.model.mean_std):
             self.model.mean_std.update(self.teacher_channel_mean_std(self.trainer.datamodule.train_dataloader()))
+
+    def teacher_channel_mean_std(self, dataloader: DataLoader) -> dict[str, torch.Tensor]:
+        """EfficientAd's teacher channel mean and std; under DDP over this rank's shard, combined over the ranks.
+
+        Each rank passes its shard of the images to EfficientAd's method; the shards' means and second
+        moments, weighted by their image counts, are summed over the ranks (every image counted once).
+        EfficientAd's map quantiles need no such step: it computes them on every rank from the whole
+        validation split (``datamodule.val_dataloader()``), identically.
+        """
+        if not is_distributed():
+            return super().teacher_channel_mean_std(dataloader)
+        shard = shard_loader(dataloader)
+        statistics = super().teacher_channel_mean_std(shard)
+        mean, std = statistics["mean"].double(), statistics["std"].double()
+        count = mean.new_tensor([float(len(shard.dataset))])  # type: ignore[arg-type]
+        packed = all_reduce_sum(torch.cat([count * mean.flatten(), count * (std**2 + mean**2).flatten(), count]))
+        channels = mean.numel()
+        total = packed[-1]
+        mean_all = packed[:channels] / total
+        std_all = (packed[channels:-1] / total - mean_all**2).clamp_min(0.0).sqrt()
+        shape = statistics["mean"].shape
+        return {
+            "mean": mean_all.view(shape).to(statistics["mean"]),
+            "std": std_all.view(shape).to(statistics["std"]),
+        }
 
     def configure_optimizers(self) -> dict[str, Any]:
         """EfficientAd's Adam on student and autoencoder, decayed per step; a learnt ``c`` without weight decay."""

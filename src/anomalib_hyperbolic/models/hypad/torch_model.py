@@ -217,6 +217,9 @@ class HypADModel(EfficientAdModel):
             padding=padding,
             pad_maps=pad_maps,
         )
+        # fixed or fitted outside the gradient step: no gradients (DDP would wait for them)
+        for fixed in (self.teacher, self.mean_std, self.quantiles):
+            fixed.requires_grad_(False)
         self.model_size = size
         self.clip_radius = float(clip_radius)
         self.projection = ChannelAvgPool(kernel)

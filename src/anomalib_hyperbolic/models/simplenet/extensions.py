@@ -147,6 +147,7 @@ class ExtendedSimpleNetModel(SimpleNetModel):
         moments = ChannelMoments()
         for images in image_batches:
             moments.update(self.feature_extractor(images))
+        moments.all_reduce()  # under DDP each rank read its shard of the images
         if moments.count == 0:
             msg = "Cannot fit SimpleNet's feature statistics: the training data yielded no images."
             raise ValueError(msg)

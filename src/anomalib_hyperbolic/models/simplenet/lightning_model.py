@@ -29,6 +29,7 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torchvision.transforms.v2 import Compose, Normalize, Resize
 
+from anomalib_hyperbolic.distributed import DistributedStateMixin, shard_loader
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
 
 from .defaults import ADAPTOR_OPTIMIZERS, DEFAULTS, require_choice
@@ -42,7 +43,7 @@ __all__ = ["SimpleNet"]
 _ADAM_DECOUPLES = "decoupled_weight_decay" in inspect.signature(torch.optim.Adam).parameters
 
 
-class SimpleNet(PortableCheckpointMixin, AnomalibModule):
+class SimpleNet(DistributedStateMixin, PortableCheckpointMixin, AnomalibModule):
     """SimpleNet: adapted pretrained features, Gaussian-noise pseudo-anomalies, MLP discriminator.
 
     Every default is the paper's (section 4.3) or, where the paper is silent, the official code's:
@@ -218,7 +219,10 @@ class SimpleNet(PortableCheckpointMixin, AnomalibModule):
         transform = self.pre_processor.transform if isinstance(self.pre_processor, PreProcessor) else None
 
         datamodule = getattr(self.trainer, "datamodule", None)
-        loader = datamodule.train_dataloader() if datamodule is not None else self.trainer.train_dataloader
+        # every image once over all ranks: this rank's shard, summed over the ranks by fit_feature_statistics
+        loader = (
+            shard_loader(datamodule.train_dataloader()) if datamodule is not None else self.trainer.train_dataloader
+        )
 
         def image_batches() -> Iterator[torch.Tensor]:
             for batch in loader:
