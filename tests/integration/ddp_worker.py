@@ -39,6 +39,7 @@ DDP_CASES: dict[str, dict[str, Any]] = {
         "init_args": {},
         "state_keys": ["model.feature_mean_", "model.feature_std_", "model.hyperplane_", "model.selected_"],
     },
+    # DRA: the inference reference normals, fixed at the start of training
     "DRA": {"init_args": {}, "state_keys": ["model.reference_images"]},
 }
 
@@ -73,6 +74,10 @@ class FittedState(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         state = {key: value for key, value in pl_module.state_dict().items() if not key.startswith("evaluator.")}
         self.rank_digests = _gather(_digest(state))
+        # entries still empty at the first batch (set during it) are taken at the end of training
+        for key, value in _matching(state, self.prefixes).items():
+            if not self.fitted.get(key):
+                self.fitted[key] = value.detach().cpu().double().tolist()
 
 
 def _gather(value: str) -> list[str]:

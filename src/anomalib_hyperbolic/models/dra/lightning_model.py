@@ -34,7 +34,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 from torchvision.transforms.v2 import functional as TF
 
-from anomalib_hyperbolic.distributed import all_gather_cat, broadcast
+from anomalib_hyperbolic.distributed import DistributedStateMixin, all_gather_cat, broadcast
 from anomalib_hyperbolic.learning_types import SupervisedLearningType
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
 from anomalib_hyperbolic.synthesis import cutmix_pseudo_anomalies
@@ -54,7 +54,7 @@ NO_ANOMALY_MESSAGE = (
 )
 
 
-class DRA(PortableCheckpointMixin, AnomalibModule):
+class DRA(DistributedStateMixin, PortableCheckpointMixin, AnomalibModule):
     """DRA: disentangled representations of seen, pseudo and latent residual abnormalities.
 
     Args:
