@@ -73,6 +73,7 @@ COLUMNS = [
     *METRIC_COLUMNS,
     *RAW_METRIC_COLUMNS,
     "train_seconds",
+    "train_steps_per_second",
     "peak_memory_mb",
     "torch_latency_ms_b1",
     "torch_throughput_ips_b8",
@@ -471,22 +472,24 @@ def _prepare(config: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, dict[st
 
 def run_cell(
     config: dict[str, Any], spec: dict[str, Any], cell_dir: Path, weights: Path | None = None
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Train, test and (unless ``latency: false``) time one model configuration; return its row.
 
     With ``weights``, the state that training changed is saved there (see :func:`trained_state`).
+    Under DDP (a cell's ``devices``/``strategy``) only rank 0 returns the row; the other ranks ``None``.
     """
     import resource
 
     import torch
     from anomalib.engine import Engine
 
-    from anomalib_hyperbolic.metrics import RawScoreMetrics
+    from anomalib_hyperbolic.metrics import RawScoreMetrics, TrainingStepTimer
 
     if spec.get("latency_only"):
         return latency_only_cell(config, spec, cell_dir)
     datamodule, split_sizes, model = _prepare(config, spec)
     raw_scores = RawScoreMetrics(pixel_metrics=bool(config.get("pixel_metrics", True)))
+    step_timer = TrainingStepTimer()
     initial = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()} if weights else {}
     limits = {"max_epochs": spec.get("max_epochs", 1), "max_steps": spec.get("max_steps", -1)}
     if spec.get("max_time"):
@@ -499,15 +502,25 @@ def run_cell(
         default_root_dir=cell_dir,
         logger=False,
         enable_progress_bar=False,
-        callbacks=[raw_scores],  # a trainer callback: runs before the model's post-processor
+        callbacks=[raw_scores, step_timer],  # raw_scores: a trainer callback, runs before the post-processor
     )
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
     # what training actually ran: a max_time cap can stop it before max_steps / max_epochs
     reached = {"steps_run": engine.trainer.global_step, "epochs_run": engine.trainer.current_epoch}
-    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]  # every rank: metrics sync
+    if not engine.trainer.is_global_zero:
+        return None  # under DDP rank 0 alone saves, times and writes the cell
     row: dict[str, Any] = {"name": spec["name"], "train_seconds": train_seconds, **reached, **limits}
+    # training-loop throughput (TrainingStepTimer: set-up passes and the first step excluded); steps are
+    # optimiser steps (each rank takes every one), images are counted over all ranks
+    row["world_size"] = engine.trainer.world_size
+    if step_timer.steps_per_second is not None:
+        row["train_steps_per_second"] = step_timer.steps_per_second
+        batch = getattr(datamodule, "train_batch_size", None)
+        if batch:
+            row["train_images_per_second"] = step_timer.steps_per_second * batch * engine.trainer.world_size
     row.update({key: float(value) for key, value in metrics.items()})
     row.update(raw_scores.results)
     row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -1073,6 +1086,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             save = config.get("save_weights", False) if save is None else save
             weights = _weights_file(output, args.cell) if save else None
             row = run_cell(config, spec, output / "runs" / target.stem, weights)
+            if row is None:  # a DDP rank other than 0
+                return 0
         temporary = target.with_suffix(".tmp")
         temporary.write_text(json.dumps(row, indent=2, default=str))
         temporary.replace(target)  # atomic: a cell counts as done only when complete

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from anomalib.metrics import AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 
-__all__ = ["MIoU", "RawScoreMetrics", "threshold_free_metrics"]
+__all__ = ["MIoU", "RawScoreMetrics", "TrainingStepTimer", "threshold_free_metrics"]
 
 
 class _MIoU(Metric):
@@ -202,3 +203,34 @@ class _Fields:
 
     def __init__(self, **fields: torch.Tensor) -> None:
         self.__dict__.update(fields)
+
+
+class TrainingStepTimer(Callback):
+    """Optimiser steps per second of the training loop, counted from the end of the first step.
+
+    The first step, and what runs before it (statistics passes, DDP set-up), is left out:
+    ``steps_per_second = (steps - 1) / seconds`` up to the end of the last training batch (``None``
+    with fewer than 2 steps). Under DDP every rank takes every step; images/s is steps/s times the
+    global batch.
+    """
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.end: float | None = None
+        self.steps = 0
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        """Note the time of every training batch's end."""
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = now
+        else:
+            self.steps += 1
+            self.end = now
+
+    @property
+    def steps_per_second(self) -> float | None:
+        """Training-loop steps per second after the first step."""
+        if self.start is None or self.end is None or self.steps == 0:
+            return None
+        return self.steps / (self.end - self.start)

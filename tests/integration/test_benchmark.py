@@ -274,3 +274,43 @@ def test_latency_only_cell_times_an_untrained_model_with_the_buffers_it_is_given
     wrong = {**spec, "latency_only": {"buffers": {"model.no_such_bank": [2, 2]}}}
     with pytest.raises(ValueError, match="not a registered buffer"):
         benchmark._untrained_model(config, wrong)
+
+
+def test_ddp_cell_is_written_once_by_rank_zero_with_its_throughput(tmp_path: Path) -> None:
+    """A cell with `devices: 2, strategy: ddp` trains under DDP; rank 0 alone writes its row."""
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=8, n_test_good=2, n_test_defect=2, image_size=64)
+    simplenet = {
+        "class_path": "anomalib_hyperbolic.models.SimpleNet",
+        "init_args": {
+            "backbone": "resnet18",
+            "layers": ["layer2", "layer3"],
+            "pre_trained": False,
+            "pretrain_embed_dim": 32,
+            "target_embed_dim": 32,
+            "discriminator_hidden": 16,
+        },
+        "max_epochs": 10,
+        "max_steps": 3,
+    }
+    config = {
+        "output": str(tmp_path / "out"),
+        "image_size": 64,
+        "latency": False,
+        "data": {
+            "class_path": "anomalib.data.MVTecAD",
+            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0, "train_batch_size": 2},
+        },
+        "models": [{"name": "SimpleNet DDP", "devices": 2, "strategy": "ddp", **simplenet}],
+    }
+    config_path = tmp_path / "bench.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    rows = benchmark.run_grid(config_path)
+    assert [row["name"] for row in rows] == ["SimpleNet DDP"]
+    row = rows[0]
+    assert row["world_size"] == 2
+    assert row["steps_run"] == 3
+    assert row["train_steps_per_second"] > 0
+    assert row["train_images_per_second"] == row["train_steps_per_second"] * 2 * 2
+    assert 0 <= row["image_AUROC"] <= 1
+    assert not list((tmp_path / "out" / "cells").glob("*.tmp"))
