@@ -68,6 +68,7 @@ METRIC_COLUMNS = ["image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", 
 RAW_METRIC_COLUMNS = ["raw_image_AUROC", "raw_pixel_AUROC", "raw_pixel_AUPRO"]
 SUMMARY_COLUMNS = [*METRIC_COLUMNS, *RAW_METRIC_COLUMNS]
 LATENCY_COLUMNS = ["torch_latency_ms_b1", "openvino_latency_ms_b1"]
+TRAINING_COLUMNS = ["train_seconds", "train_steps_per_second", "train_images_per_second"]
 COLUMNS = [
     "name",
     *METRIC_COLUMNS,
@@ -905,7 +906,7 @@ def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "class_path": first.get("class_path", ""),
             "init_args": first.get("init_args", {}),
         }
-        for column in (*SUMMARY_COLUMNS, *LATENCY_COLUMNS, "train_seconds"):
+        for column in (*SUMMARY_COLUMNS, *LATENCY_COLUMNS, *TRAINING_COLUMNS):
             values = [float(member[column]) for member in members if member.get(column) is not None]
             if values:
                 entry[f"{column}_values"] = values
@@ -935,7 +936,7 @@ def write_tables(rows: list[dict[str, Any]], output: Path) -> None:
         return
     columns = [
         column
-        for column in (*SUMMARY_COLUMNS, "train_seconds", *LATENCY_COLUMNS)
+        for column in (*SUMMARY_COLUMNS, *TRAINING_COLUMNS, *LATENCY_COLUMNS)
         if any(f"{column}_mean" in entry for entry in summary)
     ]
     header = ["name", "seeds", *columns]
@@ -950,7 +951,7 @@ def write_tables(rows: list[dict[str, Any]], output: Path) -> None:
                 if f"{column}_mean" not in entry:
                     cells.append("")
                 else:  # metrics to 3 decimals, seconds and milliseconds to 1; one seed: no spread
-                    digits = 3 if column in SUMMARY_COLUMNS else 1
+                    digits = 3 if column in SUMMARY_COLUMNS else 2 if column.endswith("per_second") else 1
                     spread = f" ± {entry[f'{column}_std']:.{digits}f}" if len(entry[f"{column}_values"]) > 1 else ""
                     cells.append(f"{entry[f'{column}_mean']:.{digits}f}{spread}")
             lines.append("| " + " | ".join(cells) + " |")

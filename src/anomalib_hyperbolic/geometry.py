@@ -379,7 +379,9 @@ def poincare_hyperplane_distance(
     The hyperplane through ``p`` (on the ball) with normal ``a`` (a tangent vector at ``p``) is
     ``{z : <-p (+)_c z, a> = 0}``; the distance of ``x`` to it is
     ``(1 / sqrt(c)) arsinh(2 sqrt(c) |<-p (+)_c x, a>| / ((1 - c ||-p (+)_c x||^2) ||a||))``,
-    which for ``c == 0`` is the Euclidean point-plane distance ``|<x - p, a>| / ||a||``.
+    and for ``c == 0`` its limit ``2 |<x - p, a>| / ||a||``: twice the Euclidean point-plane distance
+    (the ball's conformal factor at the origin is 2, as in :func:`poincare_distance`), so the
+    distance is continuous in ``c`` (HADNet issue 20: it used to drop the factor 2 at ``c = 0``).
 
     Args:
         x: Points, feature axis ``dim``; any leading/trailing axes.
@@ -406,7 +408,7 @@ def poincare_hyperplane_distance(
     a_norm = _norm(a, -1).squeeze(-1)  # (K,)
     if _is_flat(c):
         inner = ((features - p) * a).sum(-1)
-        distance = inner / a_norm
+        distance = 2 * inner / a_norm  # the c -> 0 limit of the branch below
     else:
         p = project_to_ball(p, c)
         features = project_to_ball(features, c)

@@ -86,7 +86,7 @@ def test_c_zero_is_euclidean_exactly() -> None:
     assert torch.equal(G.poincare_distance(x, y, 0.0), 2 * (x - y).pow(2).sum(-1).sqrt())
     torch.testing.assert_close(G.pairwise_poincare_distance(x[0], y[0], 0.0), 2 * torch.cdist(x[0], y[0]))
     p, a = torch.randn(2, 5), torch.randn(2, 5)
-    expected = ((x[..., None, :] - p) * a).sum(-1).abs() / a.norm(dim=-1)
+    expected = 2 * ((x[..., None, :] - p) * a).sum(-1).abs() / a.norm(dim=-1)  # the c -> 0 limit
     torch.testing.assert_close(G.poincare_hyperplane_distance(x, p, a, 0.0), expected)
     assert torch.equal(G.project_to_ball(x * 1e6, 0.0), x * 1e6)
 
@@ -99,6 +99,13 @@ def test_small_c_approaches_euclidean(c: float) -> None:
         _close(G.poincare_distance(x, y, curvature), G.poincare_distance(x, y, 0.0), 1e-4)
         _close(G.expmap0(x, curvature), x, 1e-4)
         _close(G.logmap0(G.expmap0(x, curvature), curvature), x, 1e-4)
+        p, a = torch.randn(3, 8, dtype=torch.float64) * 0.1, torch.randn(3, 8, dtype=torch.float64)
+        for signed in (False, True):
+            _close(
+                G.poincare_hyperplane_distance(x, p, a, curvature, signed=signed),
+                G.poincare_hyperplane_distance(x, p, a, 0.0, signed=signed),
+                1e-4,
+            )
 
 
 def test_channel_axis_broadcast() -> None:
