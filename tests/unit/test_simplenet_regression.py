@@ -188,8 +188,11 @@ def test_seeded_short_run_matches_the_numbers_from_before_the_restructuring(name
     after = run_variant(VARIANTS[name], tmp_path)
     before = BEFORE[name]
     assert after.keys() == before.keys()
+    # 2e-3: float kernels differ between CPUs and two epochs of training amplify it (the stored numbers are
+    # from an AMD EPYC; on an Intel Xeon scores move by up to 1.1e-4 and a pixel AUROC by 2.7e-4); a changed
+    # initialisation, random draw, loss or score moves them by far more
     for key, value in before.items():
-        assert after[key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+        assert after[key] == pytest.approx(value, rel=2e-3, abs=2e-3), key
 
 
 #: ``sorted(SimpleNet(**TINY, **options).model.state_dict())`` without the backbone's keys, printed by
