@@ -10,6 +10,7 @@ import yaml
 
 from anomalib_hyperbolic import benchmark
 from anomalib_hyperbolic.testing import make_mvtec_like_dataset
+from tests.harness_cases import HARNESS_CASES
 
 
 def test_benchmark_grid_tables_plots_and_resume(tmp_path: Path) -> None:
@@ -281,14 +282,7 @@ def test_ddp_cell_is_written_once_by_rank_zero_with_its_throughput(tmp_path: Pat
     root = make_mvtec_like_dataset(tmp_path / "data", n_train=8, n_test_good=2, n_test_defect=2, image_size=64)
     simplenet = {
         "class_path": "anomalib_hyperbolic.models.SimpleNet",
-        "init_args": {
-            "backbone": "resnet18",
-            "layers": ["layer2", "layer3"],
-            "pre_trained": False,
-            "pretrain_embed_dim": 32,
-            "target_embed_dim": 32,
-            "discriminator_hidden": 16,
-        },
+        "init_args": HARNESS_CASES["SimpleNet"].init_args,  # tiny, offline
         "max_epochs": 10,
         "max_steps": 3,
     }

@@ -29,6 +29,7 @@ import pytest
 from anomalib_hyperbolic.testing import make_mvtec_like_dataset
 from tests.harness_cases import HARNESS_CASES
 from tests.integration.ddp_worker import DDP_CASES
+from tests.integration.test_model_harness import _cli_value
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 MODELS = sorted(DDP_CASES)
@@ -74,10 +75,6 @@ def test_ddp_matches_one_process(model: str, ddp_data: Path, tmp_path: Path) -> 
         assert abs(ddp["metrics"][key] - single["metrics"][key]) <= bound, (key, ddp["metrics"], single["metrics"])
     assert ddp["checkpoint_keys"] > 0
     assert Path(ddp["onnx"]).is_file()
-
-
-def _cli_value(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 @pytest.mark.parametrize("model", MODELS)

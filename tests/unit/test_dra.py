@@ -150,7 +150,7 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_mvtec_like_dataset(tmp_path_factory.mktemp("dra"), n_train=6, n_test_good=3, n_test_defect=3)
 
 
-def _engine(tmp_path: Path) -> Engine:
+def _engine(tmp_path: Path, callbacks: list | None = None) -> Engine:
     return Engine(
         max_epochs=1,
         accelerator="cpu",
@@ -158,6 +158,7 @@ def _engine(tmp_path: Path) -> Engine:
         default_root_dir=tmp_path,
         logger=False,
         enable_progress_bar=False,
+        callbacks=callbacks,
     )
 
 
@@ -212,15 +213,7 @@ def test_references_are_distinct_training_normals_outside_the_batch(tmp_path: Pa
     inner = MVTecAD(root=root, category="synthetic", train_batch_size=4, eval_batch_size=8, num_workers=0)
     datamodule = FewShotAnomalies(inner, num_anomalies=2, train_batches_per_epoch=3)
     model, recorder = _tiny_model(), _Recorder()
-    engine = Engine(
-        max_epochs=1,
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_progress_bar=False,
-        callbacks=[recorder],
-    )
+    engine = _engine(tmp_path, callbacks=[recorder])
     engine.fit(model=model, datamodule=datamodule)
     labels = datamodule.train_data.samples.label_index.astype(int).to_numpy()
     assert len(recorder.steps) == 3
