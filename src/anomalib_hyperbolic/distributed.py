@@ -4,13 +4,13 @@ Lightning shards the training batches over the ranks and averages the gradients;
 computes *outside* the gradient step (statistics, fitted selections, reference images) is this
 module's job. The rule the models follow (docs/multi_gpu.md):
 
-* **Sums** (moments, counts, AFSS losses): each rank reads its own shard of the images
+* **Sums** (feature moments and their counts): each rank reads its own shard of the images
   (:func:`shard`), then :func:`all_reduce_sum` adds them up: every image counted exactly once.
-* **Draws and fits** (hyperplanes, reference normals, random selections): computed from a seeded
-  source on rank 0's terms and :func:`broadcast` to the others, so every rank holds rank 0's result.
-* **Batch norm** in training: :class:`GlobalBatchNorm1d` normalises with the statistics of the
-  global batch (all ranks), as one process with the whole batch would; it works with gloo on CPU,
-  where ``torch.nn.SyncBatchNorm`` refuses CPU tensors.
+* **Draws and fits** (HADNet's hyperplanes and AFSS selection, DRA's reference normals): computed from
+  a seeded source alike on every rank and :func:`broadcast` from rank 0, so every rank holds rank 0's result.
+* **Batch norm** in training: :class:`GlobalBatchNorm1d` / :class:`GlobalBatchNorm2d` normalise
+  with the statistics of the global batch (all ranks), as one process with the whole batch would;
+  they work with gloo on CPU, where ``torch.nn.SyncBatchNorm`` refuses CPU tensors.
 
 Outside a process group every function is the identity, so single-process code paths are unchanged.
 """
