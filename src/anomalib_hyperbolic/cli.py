@@ -8,6 +8,7 @@ Subcommands:
     main-job             SimpleNet next to PatchCore on Magnetic Tile, scored with OpenVINO
     distill-teacher      distil a PDN teacher for HypAD/EfficientAd from any timm backbone
     benchmark            side-by-side grid with anomalib's models: metrics, time, memory, latency
+    precision-report     where an OpenVINO export loses accuracy at the default (bf16) precision
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "anomalib_hyperbolic.benchmark",
         "main",
         "train/test/time models side by side (PatchCore, EfficientAd, ...); resumable; tables + plots",
+    ),
+    "precision-report": (
+        "anomalib_hyperbolic.openvino_precision",
+        "main",
+        "compare an OpenVINO export at f32 and at the default precision, per module scope and per layer",
     ),
 }
 

@@ -37,6 +37,7 @@ from torchvision.transforms.v2 import functional as TF
 from anomalib_hyperbolic.distributed import DistributedStateMixin, all_gather_cat, broadcast
 from anomalib_hyperbolic.learning_types import SupervisedLearningType
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
+from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 from anomalib_hyperbolic.synthesis import cutmix_pseudo_anomalies
 
 from .loss import DRALoss
@@ -54,7 +55,7 @@ NO_ANOMALY_MESSAGE = (
 )
 
 
-class DRA(DistributedStateMixin, PortableCheckpointMixin, AnomalibModule):
+class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, AnomalibModule):
     """DRA: disentangled representations of seen, pseudo and latent residual abnormalities.
 
     Args:

@@ -41,6 +41,7 @@ from anomalib_hyperbolic.distributed import DistributedStateMixin, broadcast, sh
 from anomalib_hyperbolic.geometry import DEFAULT_CLIP_RADIUS
 from anomalib_hyperbolic.metrics import MIoU
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
+from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 
 from .loss import HADNetLoss, hyperplane_loss
 from .torch_model import (
@@ -57,7 +58,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["HADNet"]
 
 
-class HADNet(DistributedStateMixin, PortableCheckpointMixin, AnomalibModule):
+class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, AnomalibModule):
     """HADNet: hyperbolic geometry enhanced feature filtering network (Feng et al., Sci. Rep. 2025).
 
     Args:

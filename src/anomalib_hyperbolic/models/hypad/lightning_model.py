@@ -30,6 +30,7 @@ from torchvision.transforms.v2 import Normalize
 
 from anomalib_hyperbolic.distributed import all_reduce_sum, is_distributed, shard_loader
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
+from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 
 from .schedule import step_decay_scheduler
 from .torch_model import EfficientAdModelSize, HypADModel, load_teacher_weights, parse_model_size
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 # AnomalibModule again as a direct base: anomalib's registry (get_model, list_models) lists direct subclasses only
-class HypAD(PortableCheckpointMixin, EfficientAd, AnomalibModule):
+class HypAD(F32ScopesExportMixin, PortableCheckpointMixin, EfficientAd, AnomalibModule):
     """HypAD: EfficientAD's student-teacher-autoencoder trained and scored in the Poincaré ball.
 
     Args:

@@ -31,6 +31,7 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_hyperbolic.distributed import DistributedStateMixin, shard_loader
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
+from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 
 from .defaults import ADAPTOR_OPTIMIZERS, DEFAULTS, require_choice
 from .extensions import build_model
@@ -43,7 +44,7 @@ __all__ = ["SimpleNet"]
 _ADAM_DECOUPLES = "decoupled_weight_decay" in inspect.signature(torch.optim.Adam).parameters
 
 
-class SimpleNet(DistributedStateMixin, PortableCheckpointMixin, AnomalibModule):
+class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, AnomalibModule):
     """SimpleNet: adapted pretrained features, Gaussian-noise pseudo-anomalies, MLP discriminator.
 
     Every default is the paper's (section 4.3) or, where the paper is silent, the official code's:
