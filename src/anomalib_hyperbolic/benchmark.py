@@ -852,6 +852,7 @@ def run_grid(
             list(pool.map(run_one, specs))
     rows = collect(output)
     write_tables(rows, output)
+    write_precision_table(rows, output)
     plot(rows, output)
     return rows
 
@@ -880,7 +881,7 @@ def _format(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def seed_summary(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Mean and sample standard deviation (n - 1) of every metric over cells that differ only in ``seed``.
 
     Cells expanded from one model's ``seeds`` share its ``group``; other cells are grouped by class,
@@ -906,7 +907,7 @@ def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "class_path": first.get("class_path", ""),
             "init_args": first.get("init_args", {}),
         }
-        for column in (*SUMMARY_COLUMNS, *LATENCY_COLUMNS, *TRAINING_COLUMNS):
+        for column in columns or (*SUMMARY_COLUMNS, *LATENCY_COLUMNS, *TRAINING_COLUMNS):
             values = [float(member[column]) for member in members if member.get(column) is not None]
             if values:
                 entry[f"{column}_values"] = values
@@ -958,6 +959,61 @@ def write_tables(rows: list[dict[str, Any]], output: Path) -> None:
             values = [entry.get(f"{column}_{part}", "") for column in columns for part in ("mean", "std")]
             writer.writerow([entry["name"], seeds, *values])
     (output / "summary.md").write_text("\n".join(lines) + "\n")
+
+
+PRECISION_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")
+
+
+def write_precision_table(rows: list[dict[str, Any]], output: Path) -> None:
+    """``precision.md``: each configuration's OpenVINO metrics at f32 and at the default precision (over seeds).
+
+    From the ``ov_*`` keys of ``precision_effect`` cells: per metric the f32 mean, the default
+    precision's mean, and the largest |default - f32| of any seed (the issue's bound is per run); then
+    the largest |score change|, both batch-1 latencies and the speed-up. Nothing is written when no
+    cell measured it.
+    """
+    derived = []
+    for row in rows:
+        if row.get("ov_f32_latency_ms_b1") is None:
+            continue
+        extra = {}
+        for metric in PRECISION_METRICS:
+            f32, default = row.get(f"ov_f32_{metric}"), row.get(f"ov_default_{metric}")
+            if f32 is not None and default is not None:
+                extra[f"ov_change_{metric}"] = abs(float(default) - float(f32))
+        derived.append({**row, **extra})
+    if not derived:
+        return
+    columns = [
+        *(f"ov_{kind}_{metric}" for metric in PRECISION_METRICS for kind in ("f32", "default", "change")),
+        "ov_max_score_change",
+        "ov_f32_latency_ms_b1",
+        "ov_default_latency_ms_b1",
+    ]
+    header = ["name", "seeds"]
+    header += [f"{metric} f32 / default (worst Δ)" for metric in PRECISION_METRICS]
+    header += ["max Δ score", "f32 ms", "default ms", "speed-up"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in seed_summary(derived, columns):
+        cells = [entry["name"], ", ".join(str(seed) for seed in entry["seeds"])]
+        for metric in PRECISION_METRICS:
+            if f"ov_f32_{metric}_mean" not in entry:
+                cells.append("")
+                continue
+            worst = max(entry[f"ov_change_{metric}_values"])
+            cells.append(
+                f"{entry[f'ov_f32_{metric}_mean']:.3f} / {entry[f'ov_default_{metric}_mean']:.3f} ({worst:.3f})"
+            )
+        f32_ms, default_ms = entry["ov_f32_latency_ms_b1_mean"], entry["ov_default_latency_ms_b1_mean"]
+        score = entry.get("ov_max_score_change_values")
+        cells += [
+            f"{max(score):.3f}" if score else "",
+            f"{f32_ms:.1f}",
+            f"{default_ms:.1f}",
+            f"{f32_ms / default_ms:.2f}x",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    (output / "precision.md").write_text("\n".join(lines) + "\n")
 
 
 PLOTTED_METRICS = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO")

@@ -172,6 +172,23 @@ def test_seed_summary_groups_cells_that_differ_only_in_seed(tmp_path: Path) -> N
     assert not (single / "summary.md").exists()
 
 
+def test_precision_table_reports_both_precisions_the_worst_seed_and_the_speed_up(tmp_path: Path) -> None:
+    cell = {"group": "A", "class_path": "m.A", "ov_max_score_change": 0.1}
+    rows = [
+        {**cell, "name": "A s0", "seed": 0, "ov_f32_image_AUROC": 0.80, "ov_default_image_AUROC": 0.79},
+        {**cell, "name": "A s1", "seed": 1, "ov_f32_image_AUROC": 0.90, "ov_default_image_AUROC": 0.93},
+        {"name": "B", "group": "B", "class_path": "m.B", "image_AUROC": 0.5},  # not measured: no row
+    ]
+    for row, (f32, default) in zip(rows, ((20.0, 10.0), (30.0, 10.0)), strict=False):
+        row |= {"ov_f32_latency_ms_b1": f32, "ov_default_latency_ms_b1": default}
+    benchmark.write_precision_table(rows, tmp_path)
+    table = (tmp_path / "precision.md").read_text().splitlines()
+    assert len(table) == 3
+    assert table[2] == "| A | 0, 1 | 0.850 / 0.860 (0.030) |  |  | 0.100 | 25.0 | 10.0 | 2.50x |"
+    benchmark.write_precision_table(rows[2:], tmp_path / "none")  # nothing measured: nothing written
+    assert not (tmp_path / "none" / "precision.md").exists()
+
+
 def test_seed_summary_pools_a_seeds_group_and_keeps_per_seed_values() -> None:
     rows = [
         {"name": "A s0", "group": "A", "seed": 0, "class_path": "m.A", "pixel_AUPRO": 0.5, "raw_pixel_AUPRO": 0.6},
