@@ -63,7 +63,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_MIoU"]
+# pixel_MIoU: the pooled binary IoU (normal and defect pixels); pixel_CategoryIoU: the mean IoU over defect types
+METRIC_COLUMNS = ["image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_MIoU", "pixel_CategoryIoU"]
 # the same threshold-free metrics on raw model scores, before anomalib's normalise-and-clamp
 RAW_METRIC_COLUMNS = ["raw_image_AUROC", "raw_pixel_AUROC", "raw_pixel_AUPRO"]
 SUMMARY_COLUMNS = [*METRIC_COLUMNS, *RAW_METRIC_COLUMNS]
@@ -193,12 +194,12 @@ def _evaluator(with_masks: bool) -> Any:
         F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
     ]
     if with_masks:
-        try:
-            from anomalib_hyperbolic.metrics import MIoU
+        from anomalib_hyperbolic.metrics import CategoryIoU, MIoU
 
-            metrics.append(MIoU(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False))
-        except ImportError:
-            logger.info("mIoU metric not available; column left empty")
+        metrics += [
+            MIoU(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+            CategoryIoU(prefix="pixel_", strict=False),
+        ]
     return Evaluator(test_metrics=metrics)
 
 

@@ -71,6 +71,9 @@ def validate_curvature(c: float | torch.Tensor, name: str = "c") -> None:
         if exporting or c.requires_grad:
             return
         value = float(c.detach())
+    elif isinstance(c, bool):  # float(True) is 1.0: a flag passed as the curvature
+        msg = f"Curvature `{name}` must be a number >= 0, got the boolean {c!r}."
+        raise ValueError(msg)
     else:
         try:
             value = float(c)

@@ -1,6 +1,7 @@
 """Metrics of anomalib-hyperbolic, usable in anomalib's :class:`~anomalib.metrics.Evaluator`.
 
-:class:`MIoU` is the mean Intersection over Union of HADNet (eqs. 14-15):
+:class:`CategoryIoU` is HADNet's metric as the paper reports it: the IoU of each defect type and
+their mean (eqs. 14-15 over categories). :class:`MIoU` is the pooled binary version:
 ``IoU = |A ∩ B| / |A ∪ B|`` (A = predicted region, B = true region) per class, accumulated over
 the whole test set, and ``mIoU = (1/N) sum_n IoU_n`` over the N classes. For anomaly
 segmentation the classes are *normal* (background) and *anomalous* pixels; with
@@ -15,14 +16,18 @@ Example:
 from __future__ import annotations
 
 import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import PurePath
 from typing import Any
 
 import torch
 from anomalib.metrics import AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["MIoU", "RawScoreMetrics", "TrainingStepTimer", "threshold_free_metrics"]
+__all__ = ["CategoryIoU", "MIoU", "RawScoreMetrics", "TrainingStepTimer", "threshold_free_metrics"]
 
 
 class _MIoU(Metric):
@@ -113,6 +118,138 @@ class MIoU(AnomalibMetric, _MIoU):  # type: ignore[misc]
     """
 
     default_fields = ("pred_mask", "gt_mask")
+
+
+#: folder names that hold a dataset's images rather than name a category (Magnetic Tile's ``MT_<Type>/Imgs``)
+_IMAGE_FOLDERS = {"imgs", "images", "img", "image"}
+
+
+def category_from_path(image_path: str) -> str:
+    """The defect type of an image from its path: the nearest folder that is not an image folder.
+
+    ``.../MT_Blowhole/Imgs/exp1_num_4727.jpg`` gives ``Blowhole`` (Magnetic Tile's ``MT_`` prefix
+    dropped); ``.../test/crack/000.png`` (MVTec AD) gives ``crack``.
+    """
+    for folder in reversed(PurePath(str(image_path)).parent.parts):
+        if folder.lower() not in _IMAGE_FOLDERS:
+            return folder.removeprefix("MT_")
+    return ""
+
+
+class _CategoryIoU(Metric):
+    """IoU per defect type and its mean over the types (HADNet eqs. 14-15 over defect categories).
+
+    Each image's defect type comes from ``category_of(image_path)`` (default
+    :func:`category_from_path`). ``IoU_n = |A ∩ B| / |A ∪ B|`` over the anomalous pixels of the
+    images of type ``n``, accumulated over the test set; the background IoU is that of the normal
+    pixels of every image. The result is the mean over the defect types, and with
+    ``include_background`` over the defect types and the background: the paper's mean over
+    categories, not :class:`MIoU`'s pooled binary IoU, which mixes every type into one class.
+
+    Choices, since the predictions are binary (anomalous or not) and the types image-level:
+    predicted defect pixels count towards the type of their image; images whose mask is empty (the
+    normal images) have no type, and their false positives lower the background IoU only. An image
+    whose category folder holds several types (NEU-Seg's ``a+b``) is a category of its own.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(
+        self,
+        include_background: bool = False,
+        threshold: float = 0.5,
+        category_of: Callable[[str], str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.include_background = include_background
+        self.threshold = threshold
+        self.category_of = category_of or category_from_path
+        # one row per image: (category id, intersection, union), id -1 for a normal image; summed per id
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
+        self.add_state("background", default=torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
+        self.names: dict[int, str] = {}
+
+    def _category_id(self, name: str) -> int:
+        identifier = zlib.crc32(name.encode())  # the same on every rank, so DDP can merge the rows
+        self.names[identifier] = name
+        return identifier
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor, image_path: Sequence[str]) -> None:
+        """Accumulate one batch: masks (or maps, binarised at ``threshold``) and the images' paths."""
+        if preds.shape[0] != target.shape[0] or preds[0].numel() != target[0].numel():
+            msg = f"CategoryIoU: prediction {tuple(preds.shape)} and target {tuple(target.shape)} differ in size."
+            raise ValueError(msg)
+        if len(image_path) != preds.shape[0]:
+            msg = f"CategoryIoU: {len(image_path)} image paths for a batch of {preds.shape[0]} masks."
+            raise ValueError(msg)
+        pred = (preds if preds.dtype == torch.bool else preds > self.threshold).reshape(preds.shape[0], -1)
+        true = (target if target.dtype == torch.bool else target > 0.5).reshape(target.shape[0], -1)
+        self.background += torch.stack([(~pred & ~true).sum(), (~pred | ~true).sum()]).to(self.background)
+        for index, path in enumerate(image_path):
+            if not true[index].any():  # a normal image: a row of no category (-1), so no rank's list stays empty
+                row = torch.tensor([-1, 0, 0], dtype=torch.int64)
+            else:
+                inter, union = (pred[index] & true[index]).sum(), (pred[index] | true[index]).sum()
+                category = self._category_id(self.category_of(path))
+                row = torch.tensor([category, int(inter), int(union)], dtype=torch.int64)
+            self.rows.append(row.to(self.background.device))
+
+    def per_category(self) -> dict[str, float]:
+        """IoU of every defect type seen, and of the background (key ``"background"``)."""
+        # a list of rows while accumulating, one flat tensor once synchronised across ranks
+        empty = isinstance(self.rows, list) and not self.rows
+        rows = torch.zeros(0, 3, dtype=torch.int64) if empty else dim_zero_cat(self.rows).reshape(-1, 3)
+        rows = rows[rows[:, 0] >= 0]
+        result = {}
+        for identifier in sorted(set(rows[:, 0].tolist()), key=lambda key: self.names.get(key, str(key))):
+            selected = rows[rows[:, 0] == identifier]
+            result[self.names.get(identifier, str(identifier))] = float(selected[:, 1].sum() / selected[:, 2].sum())
+        inter, union = self.background.tolist()
+        result["background"] = inter / union if union else 1.0
+        return result
+
+    def compute(self) -> torch.Tensor:
+        """Mean IoU over the defect types (and the background with ``include_background``)."""
+        values = self.per_category()
+        background = values.pop("background")
+        if not values:
+            msg = "CategoryIoU: no test image has a defect pixel, so there is no category to average."
+            raise ValueError(msg)
+        scores = [*values.values(), *([background] if self.include_background else [])]
+        return torch.tensor(sum(scores) / len(scores), dtype=torch.float32)
+
+
+class CategoryIoU(AnomalibMetric, _CategoryIoU):  # type: ignore[misc]
+    """Anomalib wrapper of the mean IoU over defect types; fields ``("pred_mask", "gt_mask", "image_path")``.
+
+    Named ``<prefix>CategoryIoU``; :meth:`per_category` gives each type's IoU. Use
+    ``include_background=True`` (e.g. with ``prefix="pixel_bg_"``) for the mean with the background.
+
+    Example:
+        >>> import torch
+        >>> from anomalib.data import ImageBatch
+        >>> metric = CategoryIoU(prefix="pixel_")
+        >>> masks = torch.zeros(2, 2, 2, dtype=torch.bool)
+        >>> masks[:, 0, 0] = True
+        >>> predicted = masks.clone()
+        >>> predicted[1, 1, 1] = True  # one false positive on the second (crack) image
+        >>> batch = ImageBatch(
+        ...     image=torch.rand(2, 3, 2, 2),
+        ...     pred_mask=predicted,
+        ...     gt_mask=masks,
+        ...     image_path=["MT_Blowhole/Imgs/a.jpg", "MT_Crack/Imgs/b.jpg"],
+        ... )
+        >>> metric.update(batch)
+        >>> metric.per_category()
+        {'Blowhole': 1.0, 'Crack': 0.5, 'background': 0.8333333333333334}
+        >>> round(float(metric.compute()), 4)
+        0.75
+    """
+
+    default_fields = ("pred_mask", "gt_mask", "image_path")
 
 
 def threshold_free_metrics(prefix: str = "", pixel_metrics: bool = True, fpr_limit: float = 0.3) -> list[Metric]:

@@ -180,7 +180,7 @@ def test_learnable_curvature_gets_gradient() -> None:
     assert c.grad.abs() > 0
 
 
-@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), torch.tensor(-1.0), "x", torch.ones(2)])
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf"), torch.tensor(-1.0), "x", torch.ones(2), True])
 def test_bad_curvature(bad: object) -> None:
     with pytest.raises(ValueError, match="Curvature `c`"):
         G.expmap0(torch.randn(2, 3), bad)  # type: ignore[arg-type]

@@ -143,6 +143,7 @@ def test_selection_is_buffer_and_export(model, tmp_path):
         ({"num_residuals": 18}, "exceeds the 16"),
         ({"rho": -0.1}, "rho"),
         ({"rho": float("nan")}, "rho"),
+        ({"rho": True}, "Curvature `rho`.*boolean"),
         ({"residual_selection": "some"}, "residual_selection"),
         ({"layers": ("layer9",)}, "valid layers"),
     ],
@@ -248,3 +249,4 @@ def test_supervised_mode_on_magnetic_tile_ratio_split(tmp_path):
     assert bool(model.model.initialized)
     metrics = engine.test(model, datamodule=datamodule, verbose=False)[0]
     assert 0 <= metrics["pixel_MIoU"] <= 1
+    assert 0 <= metrics["pixel_CategoryIoU"] <= 1  # the mean over the synthetic defect types

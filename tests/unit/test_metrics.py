@@ -5,7 +5,7 @@ import torch
 from anomalib.data import ImageBatch
 from anomalib.metrics import Evaluator
 
-from anomalib_hyperbolic.metrics import MIoU, _MIoU
+from anomalib_hyperbolic.metrics import CategoryIoU, MIoU, _CategoryIoU, _MIoU, category_from_path
 
 
 def _batch(pred: list, gt: list) -> ImageBatch:
@@ -64,3 +64,48 @@ def test_miou_errors_and_evaluator():
         metric.update(torch.zeros(4, dtype=torch.bool), torch.tensor([0, 1, 2, 0]))
     evaluator = Evaluator(test_metrics=[MIoU(prefix="pixel_")])
     assert evaluator.test_metrics[0].name == "pixel_MIoU"
+
+
+def test_category_from_path_skips_image_folders() -> None:
+    assert category_from_path("/data/magnetic_tile/MT_Blowhole/Imgs/exp1_num_4727.jpg") == "Blowhole"
+    assert category_from_path("mvtec/bottle/test/broken_large/000.png") == "broken_large"
+    assert category_from_path("x.png") == ""
+
+
+def test_category_iou_averages_defect_types_not_pixels() -> None:
+    """A small type counts as much as a large one, unlike the pooled binary IoU."""
+    masks = torch.zeros(3, 4, 4, dtype=torch.bool)
+    masks[0, :3, :] = True  # large crack: 12 pixels, all found
+    masks[1, 0, 0] = True  # small blowhole: 1 pixel, missed
+    predicted = masks.clone()
+    predicted[1, 0, 0] = False
+    predicted[2, 3, 3] = True  # a false positive on a normal image
+    paths = ["MT_Crack/Imgs/a.jpg", "MT_Blowhole/Imgs/b.jpg", "MT_Free/Imgs/c.jpg"]
+    batch = ImageBatch(image=torch.rand(3, 3, 4, 4), pred_mask=predicted, gt_mask=masks, image_path=paths)
+    metric = CategoryIoU(prefix="pixel_")
+    metric.update(batch)
+    per_category = metric.per_category()
+    assert set(per_category) == {"Crack", "Blowhole", "background"}  # the normal image has no type
+    assert per_category["Crack"] == pytest.approx(1.0)
+    assert per_category["Blowhole"] == pytest.approx(0.0)
+    assert per_category["background"] == pytest.approx(34 / 36)  # 34 true negatives; union adds FN and FP
+    assert metric.compute().item() == pytest.approx(0.5)
+    with_background = CategoryIoU(include_background=True)
+    with_background.update(batch)
+    assert with_background.compute().item() == pytest.approx((1.0 + 0.0 + 34 / 36) / 3)
+    pooled = MIoU(include_background=False)
+    pooled.update(batch)
+    assert pooled.compute().item() == pytest.approx(12 / 14)  # one class: the large type dominates
+    assert metric.name == "pixel_CategoryIoU"
+
+
+def test_category_iou_names_bad_input() -> None:
+    metric = _CategoryIoU()
+    masks = torch.ones(2, 2, 2, dtype=torch.bool)
+    with pytest.raises(ValueError, match="1 image paths for a batch of 2"):
+        metric.update(masks, masks, ["MT_Crack/Imgs/a.jpg"])
+    with pytest.raises(ValueError, match="differ in size"):
+        metric.update(masks, torch.ones(2, 3, 3, dtype=torch.bool), ["a/x.jpg", "a/y.jpg"])
+    metric.update(masks & False, masks & False, ["MT_Free/Imgs/a.jpg", "MT_Free/Imgs/b.jpg"])
+    with pytest.raises(ValueError, match="no test image has a defect pixel"):
+        metric.compute()

@@ -39,7 +39,7 @@ from torchvision.transforms import v2
 
 from anomalib_hyperbolic.distributed import DistributedStateMixin, broadcast, shard, world_size
 from anomalib_hyperbolic.geometry import DEFAULT_CLIP_RADIUS
-from anomalib_hyperbolic.metrics import MIoU
+from anomalib_hyperbolic.metrics import CategoryIoU, MIoU
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
 from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 
@@ -213,13 +213,14 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """Anomalib's default metrics plus the pixel mIoU of HADNet (eqs. 14-15)."""
+        """Anomalib's default metrics plus HADNet's IoUs (eqs. 14-15): pooled binary and mean over defect types."""
         test_metrics = [
             AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
             F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
             AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
             F1Score(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
             MIoU(fields=["pred_mask", "gt_mask"], prefix="pixel_", strict=False),
+            CategoryIoU(prefix="pixel_", strict=False),
         ]
         return Evaluator(test_metrics=test_metrics)
 

@@ -31,7 +31,13 @@ from anomalib.data import InferenceBatch
 from torch import nn
 
 from anomalib_hyperbolic.backbones import create_feature_extractor
-from anomalib_hyperbolic.geometry import DEFAULT_CLIP_RADIUS, clip_features, expmap0, poincare_hyperplane_distance
+from anomalib_hyperbolic.geometry import (
+    DEFAULT_CLIP_RADIUS,
+    clip_features,
+    expmap0,
+    poincare_hyperplane_distance,
+    validate_curvature,
+)
 from anomalib_hyperbolic.models.components import ChannelMoments
 
 # HADNet "Implementation details": RGB mean / std used to normalise images.
@@ -41,13 +47,6 @@ PAPER_STD = (0.231, 0.219, 0.220)
 DEFAULT_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 DEFAULT_NUM_SELECTED = (256, 512, 512, 256)
 DEFAULT_NUM_RESIDUALS = 512
-
-
-def _validate_rho(rho: float) -> float:
-    if not isinstance(rho, int | float) or isinstance(rho, bool) or not math.isfinite(rho) or rho < 0:
-        msg = f"Curvature `rho` must be a finite number >= 0 (0 = Euclidean), got {rho!r}."
-        raise ValueError(msg)
-    return float(rho)
 
 
 def resolve_num_selected(
@@ -177,7 +176,8 @@ class HADNetModel(nn.Module):
         std: Sequence[float] = PAPER_STD,
     ) -> None:
         super().__init__()
-        self.rho = _validate_rho(rho)
+        validate_curvature(rho, name="rho")  # 0 = Euclidean
+        self.rho = float(rho)
         if not isinstance(clip_radius, int | float) or clip_radius <= 0:
             msg = f"`clip_radius` must be > 0 (math.inf disables clipping), got {clip_radius!r}."
             raise ValueError(msg)
