@@ -292,7 +292,8 @@ def precision_report(
 
     core = ov.Core()
     base = core.read_model(str(xml))
-    reference = _outputs(_compile(base, "f32"), images)
+    compiled_f32 = _compile(base, "f32")  # the reference outputs and the f32 latency
+    reference = _outputs(compiled_f32, images)
     names = [name for name in (SCORE_OUTPUT, MAP_OUTPUT) if name in reference[0]]
     if scopes is None:
         candidates = scope_candidates(base)
@@ -320,7 +321,7 @@ def precision_report(
             row[f"{name}_deviation"] = _deviation([o[name] for o in reference], [o[name] for o in outputs])
         row["latency_ms"] = _median_ms(compiled, images[0], timing_runs)
         variants.append(row)
-    f32_latency = _median_ms(_compile(base, "f32"), images[0], timing_runs)
+    f32_latency = _median_ms(compiled_f32, images[0], timing_runs)
     variants.append({"f32_scopes": ["(all: f32)"], "latency_ms": f32_latency})
 
     layers: list[dict[str, Any]] = []
