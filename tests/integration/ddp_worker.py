@@ -28,13 +28,20 @@ from torch import distributed as dist  # noqa: E402
 
 from tests.harness_cases import HARNESS_CASES  # noqa: E402
 
-#: per model: harness overrides for DDP, and the state entries fitted outside the gradient step
+#: per model: harness overrides for DDP, the state entries fitted outside the gradient step, and
+#: optionally a global ``batch_size`` and ``max_steps`` that replace the defaults
 DDP_CASES: dict[str, dict[str, Any]] = {
     "SimpleNet": {
         "init_args": {"feature_standardization": True},
         "state_keys": ["model.feature_mean", "model.feature_std"],
     },
-    "HypAD": {"init_args": {}, "state_keys": ["model.mean_std.mean", "model.mean_std.std"]},
+    # HypAD: PDN steps at 256 px cost ~4 s per image on one thread, so 2 steps of 2 images (1 per rank)
+    "HypAD": {
+        "init_args": {},
+        "state_keys": ["model.mean_std.mean", "model.mean_std.std"],
+        "batch_size": 2,
+        "max_steps": 2,
+    },
     "HADNet": {
         "init_args": {},
         "state_keys": ["model.feature_mean_", "model.feature_std_", "model.hyperplane_", "model.selected_"],
@@ -113,7 +120,7 @@ def main() -> None:
         **{**case.init_args, **spec["init_args"]},
         pre_processor=model_class.configure_pre_processor(image_size=(size, size)),
     )
-    per_rank = args.batch_size // args.devices
+    per_rank = spec.get("batch_size", args.batch_size) // args.devices
     if case.datamodule_factory is not None:
         datamodule = case.datamodule_factory(args.data, size)
         datamodule.train_batch_size = per_rank  # FewShotAnomalies forwards it to its sampler
@@ -125,7 +132,7 @@ def main() -> None:
     fitted = FittedState(spec["state_keys"])
     engine = Engine(
         max_epochs=case.max_epochs,
-        max_steps=case.max_steps,
+        max_steps=spec.get("max_steps", case.max_steps),
         accelerator="cpu",
         devices=args.devices,
         strategy=args.strategy if args.devices > 1 else "auto",

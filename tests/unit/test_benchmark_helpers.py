@@ -113,15 +113,20 @@ def test_plots_include_the_hypad_curvature_sweep_only_with_hypad_cells(tmp_path:
     assert (tmp_path / "hypad_curvature.png").stat().st_size > 0
 
 
-def test_cell_seed_overrides_the_training_seed_but_not_the_images(tmp_path: Path) -> None:
+def test_cell_seed_overrides_the_training_seed_but_not_the_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A cell's own ``seed`` changes the model's initialisation; the datamodule's images stay the same."""
-    root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=64)
+    # the draw keys on the image path as the datamodule lists it: a root relative to the working
+    # directory (as in the protocol configs) makes it the same on every machine and in every tmp_path
+    monkeypatch.chdir(tmp_path)
+    make_mvtec_like_dataset(Path("data"), n_train=8, n_test_good=4, n_test_defect=4, image_size=64)
     config = {
         "seed": 0,
         "image_size": 64,
         "data": {
             "class_path": "anomalib.data.MVTecAD",
-            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0},
+            "init_args": {"root": "data", "category": "synthetic", "num_workers": 0},
         },
         "subset": {"train": 0.7, "test": 0.7, "seed": 0},
     }
