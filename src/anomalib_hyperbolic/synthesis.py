@@ -1,4 +1,4 @@
-"""Pseudo anomalies synthesised from normal images (shared by DRA and HADNet).
+"""Pseudo anomalies synthesised from normal images (DRA's; HADNet uses anomalib's Perlin generator).
 
 :func:`cutmix_pseudo_anomalies` is the CutMix-style pseudo anomaly of DRA (Ding et al., CVPR 2022,
 eq. 4): ``x' = (1 - M) * x + M * T(C(x))``: a random rectangle ``M`` of the image, colour-jittered

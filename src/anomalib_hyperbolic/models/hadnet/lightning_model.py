@@ -45,6 +45,7 @@ from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 
 from .loss import HADNetLoss, hyperplane_loss
 from .torch_model import (
+    DEFAULT_BACKBONE,
     DEFAULT_LAYERS,
     DEFAULT_NUM_RESIDUALS,
     DEFAULT_NUM_SELECTED,
@@ -62,7 +63,8 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
     """HADNet: hyperbolic geometry enhanced feature filtering network (Feng et al., Sci. Rep. 2025).
 
     Args:
-        backbone: timm name or local weights file of the frozen backbone.
+        backbone: timm name or local weights file of the frozen backbone (default: RealNet's
+            WideResNet-50 with torchvision's ImageNet weights, ``wide_resnet50_2.tv_in1k``).
         layers: Backbone layers (RealNet: ``layer1``-``layer4``).
         pre_trained: Load pretrained backbone weights.
         num_selected: AFSS ``r`` per layer (or one int); RealNet's 256/512/512/256 for wide_resnet50_2.
@@ -102,7 +104,7 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
 
     def __init__(
         self,
-        backbone: str = "wide_resnet50_2",
+        backbone: str = DEFAULT_BACKBONE,
         layers: Sequence[str] = DEFAULT_LAYERS,
         pre_trained: bool = True,
         num_selected: int | Sequence[int] = DEFAULT_NUM_SELECTED,

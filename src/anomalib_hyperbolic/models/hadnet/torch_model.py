@@ -44,6 +44,9 @@ from anomalib_hyperbolic.models.components import ChannelMoments
 PAPER_MEAN = (0.491, 0.449, 0.410)
 PAPER_STD = (0.231, 0.219, 0.220)
 # RealNet's wide_resnet50_2 structure: layers 1-4 keep 256/512/512/256 channels, RRS keeps 256 + 256.
+#: RealNet's backbone with torchvision's ImageNet weights, as RealNet's code loads them (timm's plain
+#: ``wide_resnet50_2`` tag is ``racm_in1k``, other weights)
+DEFAULT_BACKBONE = "wide_resnet50_2.tv_in1k"
 DEFAULT_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 DEFAULT_NUM_SELECTED = (256, 512, 512, 256)
 DEFAULT_NUM_RESIDUALS = 512
@@ -161,7 +164,7 @@ class HADNetModel(nn.Module):
 
     def __init__(
         self,
-        backbone: str = "wide_resnet50_2",
+        backbone: str = DEFAULT_BACKBONE,
         layers: Sequence[str] = DEFAULT_LAYERS,
         pre_trained: bool = True,
         num_selected: int | Sequence[int] = DEFAULT_NUM_SELECTED,
@@ -219,8 +222,9 @@ class HADNetModel(nn.Module):
             parameter.requires_grad_(False)
 
         self.reconstructors = nn.ModuleList([FeatureAutoencoder(r, hidden_ratio) for r in self.num_selected])
-        # RealNet RRS: residual channels are ranked after a parameter-free batch norm.
-        self.rank_norm = nn.BatchNorm2d(total, affine=False, momentum=0.1)
+        # RealNet RRS: residual channels are ranked after a parameter-free batch norm, with RealNet's
+        # momentum 0.9 (torch's convention: the running statistics follow the latest batches closely)
+        self.rank_norm = nn.BatchNorm2d(total, affine=False, momentum=0.9)
         self.discriminator = Discriminator(self.num_residuals, discriminator_widths)
 
     # ---------------------------------------------------------------- parts
