@@ -1024,7 +1024,8 @@ def plot(rows: list[dict[str, Any]], output: Path) -> None:
     """One figure per question, each configuration's seeds pooled (mean, error bar = std over seeds).
 
     ``metrics.png``: accuracy per model (horizontal bars, so long names never overlap);
-    ``latency_vs_aupro.png``: CPU latency against AUPRO, each model's PyTorch and OpenVINO points joined;
+    ``latency_vs_aupro.png``: CPU latency against AUPRO, each model's PyTorch and OpenVINO points joined
+    (only when some configuration was timed and scored; a stale figure from an earlier run is removed);
     ``hypad_curvature.png`` (with HypAD cells): AUPRO and AUROC against the curvature, one line per
     clipping radius.
     """
@@ -1037,15 +1038,17 @@ def plot(rows: list[dict[str, Any]], output: Path) -> None:
     if not summary:
         return
     metrics = [key for key in PLOTTED_METRICS if any(f"{key}_mean" in entry for entry in summary)]
+    # latency-only configurations have no accuracy bar to draw
+    scored = [entry for entry in summary if any(f"{key}_mean" in entry for key in metrics)]
     height = 0.8 / max(1, len(metrics))
-    figure, axis = plt.subplots(figsize=(8, 1.0 + 0.25 * len(summary) * max(1, len(metrics))))
+    figure, axis = plt.subplots(figsize=(8, 1.0 + 0.25 * len(scored) * max(1, len(metrics))))
     for index, key in enumerate(metrics):
-        positions = [i + index * height for i in range(len(summary))]
-        means = [entry.get(f"{key}_mean", float("nan")) for entry in summary]
-        errors = [entry.get(f"{key}_std", 0.0) for entry in summary]
+        positions = [i + index * height for i in range(len(scored))]
+        means = [entry.get(f"{key}_mean", float("nan")) for entry in scored]
+        errors = [entry.get(f"{key}_std", 0.0) for entry in scored]
         axis.barh(positions, means, height=height, xerr=errors, capsize=2, label=key)
-    labels = [f"{entry['name']} (n={len(entry['seeds'])})" for entry in summary]
-    axis.set_yticks([i + height * (len(metrics) - 1) / 2 for i in range(len(summary))], labels, fontsize=7)
+    labels = [f"{entry['name']} (n={len(entry['seeds'])})" for entry in scored]
+    axis.set_yticks([i + height * (len(metrics) - 1) / 2 for i in range(len(scored))], labels, fontsize=7)
     axis.invert_yaxis()
     axis.set_xlim(0, 1)
     axis.set_xlabel("mean over seeds (error bar: std)")
@@ -1055,27 +1058,33 @@ def plot(rows: list[dict[str, Any]], output: Path) -> None:
     figure.savefig(output / "metrics.png", dpi=120)
     plt.close(figure)
 
-    figure, axis = plt.subplots(figsize=(8, 5))
+    timed = []  # (colour index, configuration, its (latency, marker) points)
     for index, entry in enumerate(summary):
         points = [
             (entry[f"{runtime}_latency_ms_b1_mean"], marker)
             for runtime, marker in (("torch", "o"), ("openvino", "s"))
             if f"{runtime}_latency_ms_b1_mean" in entry
         ]
-        if not points or "pixel_AUPRO_mean" not in entry:
-            continue
-        aupro, spread, colour = entry["pixel_AUPRO_mean"], entry["pixel_AUPRO_std"], f"C{index % 10}"
-        axis.plot([latency for latency, _ in points], [aupro] * len(points), "-", color=colour, label=entry["name"])
-        for latency, marker in points:
-            axis.errorbar(latency, aupro, yerr=spread, fmt=marker, color=colour, capsize=2)
-    axis.set_xscale("log")
-    axis.set_xlabel("CPU latency, batch 1 (ms, log); o PyTorch, s OpenVINO")
-    axis.set_ylabel("AUPRO (mean ± std over seeds)")
-    axis.set_title("latency vs AUPRO")
-    axis.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    figure.tight_layout()
-    figure.savefig(output / "latency_vs_aupro.png", dpi=120)
-    plt.close(figure)
+        if points and "pixel_AUPRO_mean" in entry:
+            timed.append((index, entry, points))
+    if not timed:  # e.g. a `latency: false` grid: no empty figure (and none left from an earlier run)
+        (output / "latency_vs_aupro.png").unlink(missing_ok=True)
+    else:
+        figure, axis = plt.subplots(figsize=(8, 5))
+        for index, entry, points in timed:
+            aupro, spread, colour = entry["pixel_AUPRO_mean"], entry["pixel_AUPRO_std"], f"C{index % 10}"
+            latencies = [latency for latency, _ in points]
+            axis.plot(latencies, [aupro] * len(points), "-", color=colour, label=entry["name"])
+            for latency, marker in points:
+                axis.errorbar(latency, aupro, yerr=spread, fmt=marker, color=colour, capsize=2)
+        axis.set_xscale("log")
+        axis.set_xlabel("CPU latency, batch 1 (ms, log); o PyTorch, s OpenVINO")
+        axis.set_ylabel("AUPRO (mean ± std over seeds)")
+        axis.set_title("latency vs AUPRO")
+        axis.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        figure.tight_layout()
+        figure.savefig(output / "latency_vs_aupro.png", dpi=120)
+        plt.close(figure)
 
     hypad = [entry for entry in summary if entry["class_path"].endswith("HypAD")]
     if hypad:

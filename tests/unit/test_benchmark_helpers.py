@@ -112,6 +112,12 @@ def test_plots_include_the_hypad_curvature_sweep_only_with_hypad_cells(tmp_path:
     benchmark.plot(rows, tmp_path)
     assert (tmp_path / "hypad_curvature.png").stat().st_size > 0
 
+    # a grid trained with `latency: false` has no latency figure, and an earlier run's is removed
+    untimed = [{key: value for key, value in entry.items() if "latency" not in key} for entry in rows]
+    benchmark.plot(untimed, tmp_path)
+    assert (tmp_path / "metrics.png").stat().st_size > 0
+    assert not (tmp_path / "latency_vs_aupro.png").exists()
+
 
 def test_cell_seed_overrides_the_training_seed_but_not_the_images(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
