@@ -1026,8 +1026,8 @@ def plot(rows: list[dict[str, Any]], output: Path) -> None:
     ``metrics.png``: accuracy per model (horizontal bars, so long names never overlap);
     ``latency_vs_aupro.png``: CPU latency against AUPRO, each model's PyTorch and OpenVINO points joined
     (only when some configuration was timed and scored; a stale figure from an earlier run is removed);
-    ``hypad_curvature.png`` (with HypAD cells): AUPRO and AUROC against the curvature, one line per
-    clipping radius.
+    ``hypad_curvature.png`` (only with HypAD cells; a stale one is removed): AUPRO and AUROC against the
+    curvature, one line per clipping radius.
     """
     import matplotlib as mpl
 
@@ -1117,6 +1117,8 @@ def plot(rows: list[dict[str, Any]], output: Path) -> None:
         figure.tight_layout()
         figure.savefig(output / "hypad_curvature.png", dpi=120)
         plt.close(figure)
+    else:  # like the latency figure: none left from an earlier run with HypAD cells
+        (output / "hypad_curvature.png").unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -117,6 +117,8 @@ def test_plots_include_the_hypad_curvature_sweep_only_with_hypad_cells(tmp_path:
     benchmark.plot(untimed, tmp_path)
     assert (tmp_path / "metrics.png").stat().st_size > 0
     assert not (tmp_path / "latency_vs_aupro.png").exists()
+    benchmark.plot(rows[:1], tmp_path)  # the HypAD cells gone: so is their figure
+    assert not (tmp_path / "hypad_curvature.png").exists()
 
 
 def test_cell_seed_overrides_the_training_seed_but_not_the_images(
