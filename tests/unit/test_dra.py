@@ -266,6 +266,24 @@ def test_rotation_and_pseudo_anomalies_on_raw_pixels() -> None:
         DRA(backbone="resnet18", pre_trained=False, rotation_degrees=200)
 
 
+def test_default_pre_processor_normalises_with_the_backbone_s_statistics(tmp_path: Path) -> None:
+    """ImageNet statistics for the default ResNet-18, 0.5/0.5 for an EfficientNet-Lite0 weights file."""
+    from safetensors.torch import save_file
+
+    from anomalib_hyperbolic.models.components import pre_processor_normalization
+
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert pre_processor_normalization(DRA.configure_pre_processor()) == imagenet
+    assert pre_processor_normalization(DRA(backbone="resnet18", pre_trained=False).pre_processor) == imagenet
+    lite0 = tmp_path / "lite0.safetensors"  # metadata names the architecture; pre_trained=False loads nothing
+    save_file({"unused": torch.zeros(1)}, str(lite0), metadata={"architecture": "tf_efficientnet_lite0"})
+    model = DRA(backbone=lite0, pre_trained=False)
+    assert pre_processor_normalization(model.pre_processor) == ([0.5] * 3, [0.5] * 3)
+    assert model.pre_processor.transform.transforms[0].size == [448, 448]
+    mean, std = model._normalisation()  # the augmentation's denormalisation follows
+    assert mean.flatten().tolist() == std.flatten().tolist() == [0.5] * 3
+
+
 def test_defaults_follow_the_official_code() -> None:
     import inspect
 

@@ -44,6 +44,30 @@ def test_shapes(model):
     assert [r.shape for r in train_out["reconstructions"]] == [s.shape for s in train_out["selected"]]
 
 
+def test_image_normalisation_follows_the_backbone(model, tmp_path):
+    """The paper's mean/std for its WideResNet-50; any other backbone its own (timm's); explicit values win."""
+    from safetensors.torch import save_file
+
+    from anomalib_hyperbolic.models.hadnet.torch_model import PAPER_MEAN, PAPER_STD, image_normalization
+
+    assert image_normalization("wide_resnet50_2.tv_in1k") == (PAPER_MEAN, PAPER_STD)
+    assert image_normalization("wide_resnet50_2") == (PAPER_MEAN, PAPER_STD)
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert image_normalization("resnet18") == imagenet
+    lite0 = tmp_path / "lite0.safetensors"  # metadata names the architecture
+    save_file({"unused": torch.zeros(1)}, str(lite0), metadata={"architecture": "tf_efficientnet_lite0"})
+    assert image_normalization(lite0) == ((0.5,) * 3, (0.5,) * 3)
+    assert image_normalization(lite0, mean=(0.1, 0.2, 0.3)) == ((0.1, 0.2, 0.3), (0.5,) * 3)
+    assert image_normalization("resnet18", (0.4,) * 3, (0.2,) * 3) == ((0.4,) * 3, (0.2,) * 3)
+    # the buffers of the model (resnet18): ImageNet's, and an explicit mean/std reaches them
+    assert model.image_mean.flatten().tolist() == pytest.approx(imagenet[0])
+    assert model.image_std.flatten().tolist() == pytest.approx(imagenet[1])
+    explicit = HADNet(**TINY, mean=PAPER_MEAN, std=PAPER_STD, visualizer=False)
+    assert explicit.model.image_mean.flatten().tolist() == pytest.approx(PAPER_MEAN)
+    lite0_model = HADNet(**{**TINY, "backbone": lite0, "layers": ("blocks.1", "blocks.2")}, visualizer=False)
+    assert lite0_model.model.image_std.flatten().tolist() == [0.5] * 3
+
+
 def test_afss_selects_lowest_loss_maps(model):
     # set_selection keeps the r lowest losses, sorted
     losses = [torch.arange(64, 0, -1).float(), torch.rand(128)]

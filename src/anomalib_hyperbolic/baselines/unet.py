@@ -33,11 +33,10 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
-from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_hyperbolic.backbones import LITE0_ARCH, create_timm_model, load_weights_file, resolve_backbone
 from anomalib_hyperbolic.learning_types import SupervisedLearningType
-from anomalib_hyperbolic.models.components import PortableCheckpointMixin
+from anomalib_hyperbolic.models.components import PortableCheckpointMixin, backbone_pre_processor
 
 __all__ = ["UNetSegmentation", "UNetSegmentationModel", "load_encoder_weights"]
 
@@ -124,7 +123,8 @@ class UNetSegmentation(PortableCheckpointMixin, AnomalibModule):
         bce_weight: Weight of the pixel-wise binary cross-entropy term.
         dice_weight: Weight of the (batch-wise, binary) Dice term.
         score_top_k: Image score: mean of the ``score_top_k`` largest anomaly-map values (1: the max).
-        pre_processor: Pre-processor instance or flag for the default (resize 256, ImageNet norm).
+        pre_processor: Pre-processor instance or flag for the default (resize 256, normalised with the
+            encoder's mean/std from timm: 0.5 for EfficientNet-Lite0, ImageNet's for ResNets).
         post_processor: Post-processor instance or flag for the default (anomalib's ``PostProcessor``).
         evaluator: Evaluator instance or flag for the default.
         visualizer: Visualizer instance or flag for the default.
@@ -150,7 +150,8 @@ class UNetSegmentation(PortableCheckpointMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         super().__init__(
-            pre_processor=pre_processor,
+            # the default pre-processor normalises with the encoder's statistics
+            pre_processor=self.configure_pre_processor(backbone=backbone) if pre_processor is True else pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
@@ -234,17 +235,17 @@ class UNetSegmentation(PortableCheckpointMixin, AnomalibModule):
         return PostProcessor()
 
     @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to ``image_size`` (default 256 x 256; sides must be multiples of 32) and ImageNet-normalise."""
+    def configure_pre_processor(
+        cls, image_size: tuple[int, int] | None = None, backbone: str | os.PathLike | None = None
+    ) -> PreProcessor:
+        """Resize to ``image_size`` (default 256 x 256; sides must be multiples of 32), normalise for ``backbone``.
+
+        The mean/std are timm's for the encoder's architecture (smp's ``tu-<arch>`` encoder is timm's
+        model: :func:`~anomalib_hyperbolic.backbones.backbone_normalization`); ``backbone`` defaults to
+        the U-Net's ``tf_efficientnet_lite0`` (mean = std = 0.5).
+        """
         image_size = image_size or (256, 256)
         if any(side % 32 for side in image_size):
             msg = f"UNetSegmentation needs image sides that are multiples of 32 (U-Net depth 5), got {image_size}."
             raise ValueError(msg)
-        return PreProcessor(
-            transform=Compose(
-                [
-                    Resize(image_size, antialias=True),
-                    Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-                ]
-            )
-        )
+        return backbone_pre_processor(image_size, LITE0_ARCH if backbone is None else backbone)

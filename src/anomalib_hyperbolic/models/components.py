@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from anomalib.pre_processing import PreProcessor
+from torch import nn
+from torchvision import transforms as transforms_v1
+from torchvision.transforms import v2
 
+from anomalib_hyperbolic.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_normalization
 from anomalib_hyperbolic.distributed import all_reduce_sum, is_distributed
 
 logger = logging.getLogger(__name__)
@@ -82,3 +90,64 @@ class ChannelMoments:
             raise ValueError(msg)
         mean = self.total / self.count
         return mean, (self.squares / self.count - mean.pow(2)).clamp_min(0).sqrt()
+
+
+# ---------------------------------------------------------------------------------------------
+# Input normalisation of the pre-processors
+# ---------------------------------------------------------------------------------------------
+
+
+def backbone_pre_processor(image_size: tuple[int, int], backbone: str | os.PathLike | None = None) -> PreProcessor:
+    """Anomalib ``PreProcessor``: ``Resize(image_size, antialias=True)``, then ``Normalize`` for ``backbone``.
+
+    The mean/std are :func:`~anomalib_hyperbolic.backbones.backbone_normalization`'s (timm's
+    pretrained config of the backbone, e.g. ``0.5`` for ``tf_efficientnet_lite0``); ImageNet's when
+    ``backbone`` is ``None``.
+    """
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if backbone is None else backbone_normalization(backbone)
+    return PreProcessor(
+        transform=v2.Compose([v2.Resize(image_size, antialias=True), v2.Normalize(mean=list(mean), std=list(std))])
+    )
+
+
+def _normalize_transforms(pre_processor: nn.Module) -> Iterator[v2.Normalize | transforms_v1.Normalize]:
+    """Every torchvision ``Normalize`` in a pre-processor (its ``transform``, ``export_transform``, nested ones)."""
+    stack: list[Any] = [getattr(pre_processor, "export_transform", None), getattr(pre_processor, "transform", None)]
+    stack.append(pre_processor)
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, v2.Normalize | transforms_v1.Normalize):
+            yield item
+        stack.extend(reversed(list(getattr(item, "transforms", None) or [])))
+
+
+def pre_processor_normalization(pre_processor: nn.Module | None) -> tuple[list[float], list[float]] | None:
+    """``(mean, std)`` of the first torchvision ``Normalize`` in a pre-processor's transform; ``None`` without one."""
+    if pre_processor is None:
+        return None
+    for item in _normalize_transforms(pre_processor):
+        return [float(value) for value in item.mean], [float(value) for value in item.std]
+    return None
+
+
+def with_normalization(pre_processor: nn.Module, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
+    """A deep copy of ``pre_processor`` whose torchvision ``Normalize`` transforms use ``mean``/``std``.
+
+    Both the transform and anomalib's ``export_transform`` are changed; the original is left as it was.
+
+    Raises:
+        ValueError: the pre-processor holds no ``Normalize``.
+    """
+    result = copy.deepcopy(pre_processor)
+    found = False
+    for item in _normalize_transforms(result):
+        item.mean, item.std = [float(value) for value in mean], [float(value) for value in std]
+        found = True
+    if not found:
+        msg = f"The pre-processor {type(pre_processor).__name__} has no torchvision Normalize to replace."
+        raise ValueError(msg)
+    return result

@@ -31,12 +31,12 @@ from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import nn
-from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+from torchvision.transforms.v2 import InterpolationMode, Normalize
 from torchvision.transforms.v2 import functional as TF
 
 from anomalib_hyperbolic.distributed import DistributedStateMixin, all_gather_cat, broadcast
 from anomalib_hyperbolic.learning_types import SupervisedLearningType
-from anomalib_hyperbolic.models.components import PortableCheckpointMixin
+from anomalib_hyperbolic.models.components import PortableCheckpointMixin, backbone_pre_processor
 from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 from anomalib_hyperbolic.synthesis import cutmix_pseudo_anomalies
 
@@ -46,6 +46,9 @@ from .torch_model import DRAModel
 __all__ = ["DRA"]
 
 logger = logging.getLogger(__name__)
+
+#: torchvision's ImageNet ResNet-18 (the official code's backbone)
+DEFAULT_BACKBONE = "resnet18.tv_in1k"
 
 NO_ANOMALY_MESSAGE = (
     "DRA learns from labelled anomalies, but the training split holds none. Wrap the datamodule in "
@@ -81,7 +84,8 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
             official code steps ``StepLR`` at the start of each epoch, epoch ``e`` (from 0) trains at
             ``lr * lr_gamma ** ((e + 1) // lr_step_size)``: the first decay comes before epoch 9.
         lr_gamma: Learning-rate decay factor (0.1, official code).
-        pre_processor: Pre-processor, or ``True`` for the default (448x448, ImageNet normalisation).
+        pre_processor: Pre-processor, or ``True`` for the default (448x448, normalised with the backbone's
+            mean/std from timm: ImageNet's for ResNet-18, 0.5 for EfficientNet-Lite0).
         post_processor: Post-processor, or ``True`` for the default (see :meth:`configure_post_processor`).
         evaluator: Evaluator or flag.
         visualizer: Visualizer or flag.
@@ -89,7 +93,7 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
 
     def __init__(
         self,
-        backbone: str | os.PathLike = "resnet18.tv_in1k",
+        backbone: str | os.PathLike = DEFAULT_BACKBONE,
         layer: str | None = None,
         pre_trained: bool = True,
         num_reference: int = 5,
@@ -111,7 +115,8 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
         visualizer: Visualizer | bool = True,
     ) -> None:
         super().__init__(
-            pre_processor=pre_processor,
+            # the default pre-processor normalises with this backbone's statistics
+            pre_processor=self.configure_pre_processor(backbone=backbone) if pre_processor is True else pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
@@ -159,17 +164,15 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
     # -- anomalib hooks ----------------------------------------------------------------------
 
     @staticmethod
-    def configure_pre_processor(image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to 448x448 (appendix B.1: 448 or 224 by the data's resolution) and ImageNet normalisation."""
-        image_size = image_size or (448, 448)
-        return PreProcessor(
-            transform=Compose(
-                [
-                    Resize(image_size, antialias=True),
-                    Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-                ]
-            ),
-        )
+    def configure_pre_processor(
+        image_size: tuple[int, int] | None = None, backbone: str | os.PathLike | None = None
+    ) -> PreProcessor:
+        """Resize to 448x448 (appendix B.1: 448 or 224 by the data's resolution), normalise for ``backbone``.
+
+        The mean/std are timm's for ``backbone`` (:func:`~anomalib_hyperbolic.backbones.backbone_normalization`),
+        default DRA's ``resnet18.tv_in1k``: ImageNet's; 0.5/0.5 for ``tf_efficientnet_lite0``.
+        """
+        return backbone_pre_processor(image_size or (448, 448), DEFAULT_BACKBONE if backbone is None else backbone)
 
     def configure_post_processor(self) -> PostProcessor:
         """Anomalib's ``PostProcessor``: min-max normalisation and F1-adaptive thresholds.

@@ -49,8 +49,6 @@ from .torch_model import (
     DEFAULT_LAYERS,
     DEFAULT_NUM_RESIDUALS,
     DEFAULT_NUM_SELECTED,
-    PAPER_MEAN,
-    PAPER_STD,
     HADNetModel,
 )
 
@@ -94,8 +92,10 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         seg_weight: Weight of the segmentation loss.
         dice_weight: Weight of the Dice term in it.
         recon_weight: Weight of the reconstruction loss.
-        mean: Image normalisation mean (paper's values).
-        std: Image normalisation std (paper's values).
+        mean: Image normalisation mean, applied inside the model; ``None``: the paper's values for the
+            paper's WideResNet-50 backbone, the backbone's own (timm's, e.g. 0.5 for EfficientNet-Lite0)
+            for any other (:func:`~anomalib_hyperbolic.models.hadnet.torch_model.image_normalization`).
+        std: Image normalisation std; ``None`` as for ``mean``.
         pre_processor: Pre-processor (default: resize to 256x256, no normalisation).
         post_processor: Post-processor.
         evaluator: Evaluator (default adds pixel mIoU to anomalib's metrics).
@@ -133,8 +133,8 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         seg_weight: float = 1.0,
         dice_weight: float = 1.0,
         recon_weight: float = 1.0,
-        mean: Sequence[float] = PAPER_MEAN,
-        std: Sequence[float] = PAPER_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,

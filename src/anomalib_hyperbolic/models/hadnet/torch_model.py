@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from anomalib.data import InferenceBatch
 from torch import nn
 
-from anomalib_hyperbolic.backbones import create_feature_extractor
+from anomalib_hyperbolic.backbones import backbone_normalization, create_feature_extractor, resolve_backbone
 from anomalib_hyperbolic.geometry import (
     DEFAULT_CLIP_RADIUS,
     clip_features,
@@ -50,6 +51,29 @@ DEFAULT_BACKBONE = "wide_resnet50_2.tv_in1k"
 DEFAULT_LAYERS = ("layer1", "layer2", "layer3", "layer4")
 DEFAULT_NUM_SELECTED = (256, 512, 512, 256)
 DEFAULT_NUM_RESIDUALS = 512
+
+
+def image_normalization(
+    backbone: str | os.PathLike,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """HADNet's image ``(mean, std)``: explicit values win; ``None`` follows the backbone.
+
+    The paper's :data:`PAPER_MEAN`/:data:`PAPER_STD` were given for its backbone, so they are the
+    default for the paper's architecture (``wide_resnet50_2``, any weights tag, name or local file);
+    any other backbone is normalised with its own training statistics
+    (:func:`~anomalib_hyperbolic.backbones.backbone_normalization`, e.g. 0.5/0.5 for EfficientNet-Lite0).
+    """
+    if mean is None or std is None:
+        paper_arch = DEFAULT_BACKBONE.split(".")[0]
+        if resolve_backbone(backbone).arch.split(".")[0] == paper_arch:
+            default_mean, default_std = PAPER_MEAN, PAPER_STD
+        else:
+            default_mean, default_std = backbone_normalization(backbone)
+        mean = default_mean if mean is None else mean
+        std = default_std if std is None else std
+    return tuple(float(value) for value in mean), tuple(float(value) for value in std)
 
 
 def resolve_num_selected(
@@ -158,8 +182,9 @@ class HADNetModel(nn.Module):
         discriminator_widths: Conv widths of the segmentation head.
         score_pool_size: Box filter applied to the anomaly map before the max (image score).
         residual_selection: ``"ard"`` (eqs. 11-13) or ``"all"`` (ablation: every residual channel).
-        mean: Image normalisation mean (images arrive in ``[0, 1]``).
-        std: Image normalisation std.
+        mean: Image normalisation mean (images arrive in ``[0, 1]``); ``None``: the paper's for the paper's
+            WideResNet-50 backbone, else the backbone's own (see :func:`image_normalization`).
+        std: Image normalisation std; ``None`` as for ``mean``.
     """
 
     def __init__(
@@ -175,8 +200,8 @@ class HADNetModel(nn.Module):
         discriminator_widths: Sequence[int] = (128, 32, 8),
         score_pool_size: int = 16,
         residual_selection: str = "ard",
-        mean: Sequence[float] = PAPER_MEAN,
-        std: Sequence[float] = PAPER_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         validate_curvature(rho, name="rho")  # 0 = Euclidean
@@ -201,6 +226,8 @@ class HADNetModel(nn.Module):
         total = sum(self.num_selected)
         self.num_residuals = validate_num_residuals(num_residuals, total) if residual_selection == "ard" else total
 
+        # None = the paper's statistics for the paper's backbone, the backbone's own for any other one
+        mean, std = image_normalization(backbone, mean, std)
         self.register_buffer("image_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("image_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         # HST standardisation statistics (fitted on normal training images, see fit_feature_statistics).
