@@ -375,6 +375,29 @@ def test_backbone_tag_selects_the_torchvision_weights():
     assert model.model.feature_extractor.feature_extractor.out_dims == [128, 256]
 
 
+def test_default_pre_processor_normalises_with_the_backbone_s_statistics(tmp_path):
+    """ImageNet statistics for the default WideResNet-50 (timm's config), 0.5/0.5 for an EfficientNet-Lite0 file."""
+    from safetensors.torch import save_file
+
+    from anomalib_hyperbolic.models.components import pre_processor_normalization
+
+    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert pre_processor_normalization(SimpleNet.configure_pre_processor()) == imagenet
+    assert pre_processor_normalization(SimpleNet.configure_pre_processor(backbone="tf_efficientnet_lite0")) == (
+        [0.5] * 3,
+        [0.5] * 3,
+    )
+    assert pre_processor_normalization(SimpleNet(**TINY).pre_processor) == imagenet
+    lite0 = tmp_path / "lite0.safetensors"  # metadata names the architecture; pre_trained=False loads nothing
+    save_file({"unused": torch.zeros(1)}, str(lite0), metadata={"architecture": "tf_efficientnet_lite0"})
+    model = SimpleNet(**{**TINY, "backbone": lite0, "layers": ["blocks.2", "blocks.4"]})
+    assert pre_processor_normalization(model.pre_processor) == ([0.5] * 3, [0.5] * 3)
+    assert model.pre_processor.transform.transforms[0].size == [256, 256]
+    explicit = SimpleNet.configure_pre_processor((64, 64))
+    model = SimpleNet(**{**TINY, "backbone": lite0, "layers": ["blocks.2"]}, pre_processor=explicit)
+    assert model.pre_processor is explicit  # an explicit pre-processor wins
+
+
 def test_adaptor_adamw_steps_exactly_as_torch_adamw():
     """The adaptor group takes AdamW's decoupled decay; "adam" restores the paper's L2 decay on both groups."""
     module = SimpleNet(**TINY, adaptor_lr=1e-2)

@@ -51,6 +51,10 @@ class SimpleNetDefaults:
     synthetic_copies: int = 1
     synthetic_coverage: float = 0.5
     synthetic_per_head: bool = False
+    synthetic_pool_size: int = 0  # 0: live synthesis every step; N: N pre-drawn variants per image
+    synthetic_pool_refresh: int = 0  # epochs between redraws of the pool (0: never)
+    # --- engineering: the model is unchanged ------------------------------------------------------
+    cache_features: bool = True  # the frozen extractor's output of each training image computed once
 
 
 DEFAULTS = SimpleNetDefaults()

@@ -3,7 +3,7 @@
 =============================  =========================================  ===================================
 option                         what it does                               hook of :class:`SimpleNetModel`
 =============================  =========================================  ===================================
-``feature_standardization``    ``o`` standardised per channel with         :meth:`~SimpleNetModel.features`
+``feature_standardization``    ``o`` standardised per channel with         :meth:`~SimpleNetModel.standardize`
                                training-set statistics (buffers)
 ``relative_noise``             ``sigma`` times each feature's RMS entry     :meth:`~SimpleNetModel.anomalous`
 ``distance="poincare"``        heads on the Poincaré ball (:mod:`.poincare`)  :meth:`~SimpleNetModel.new_head`,
@@ -20,7 +20,7 @@ are those of the pre-v2 single class, so older checkpoints load.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -123,19 +123,22 @@ class ExtendedSimpleNetModel(SimpleNetModel):
         return -(normality[0] if len(normality) == 1 else torch.stack(normality).mean(0))
 
     # --- feature_standardization ---------------------------------------------------------------------
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """``o`` (eq. 4), standardised ``(o - mu) / s`` when ``feature_standardization``."""
-        features = super().features(images)
+    def standardize(self, features: torch.Tensor) -> torch.Tensor:
+        """Channel-last ``o`` (eq. 4), standardised ``(o - mu) / s`` when ``feature_standardization``."""
         if self.feature_standardization:
             features = (features - self.feature_mean) / self.feature_std
         return features
 
     @torch.no_grad()
-    def fit_feature_statistics(self, image_batches: Iterable[torch.Tensor]) -> None:
+    def fit_feature_statistics(
+        self, image_batches: Iterable[torch.Tensor], extract: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
         """Per-channel mean and standard deviation of ``o`` over every location of ``image_batches``.
 
         Sums are accumulated in float64. A channel's standard deviation is floored at 1e-3 of the
         mean standard deviation, so a (nearly) constant channel cannot blow up after division.
+        ``extract`` replaces the feature extractor (e.g. a :class:`~anomalib_hyperbolic.feature_cache.FeatureCache`
+        of it, which this pass then fills).
 
         Raises:
             RuntimeError: without ``feature_standardization``.
@@ -144,9 +147,10 @@ class ExtendedSimpleNetModel(SimpleNetModel):
         if not self.feature_standardization:
             msg = "fit_feature_statistics needs feature_standardization=True."
             raise RuntimeError(msg)
+        extract = extract or self.feature_extractor
         moments = ChannelMoments()
         for images in image_batches:
-            moments.update(self.feature_extractor(images))
+            moments.update(extract(images))
         moments.all_reduce()  # under DDP each rank read its shard of the images
         if moments.count == 0:
             msg = "Cannot fit SimpleNet's feature statistics: the training data yielded no images."

@@ -27,16 +27,16 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.types import STEP_OUTPUT
-from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from anomalib_hyperbolic.distributed import DistributedStateMixin, shard_loader
-from anomalib_hyperbolic.models.components import PortableCheckpointMixin
+from anomalib_hyperbolic.feature_cache import FeatureCache, image_keys
+from anomalib_hyperbolic.models.components import PortableCheckpointMixin, backbone_pre_processor
 from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 
 from .defaults import ADAPTOR_OPTIMIZERS, DEFAULTS, require_choice
 from .extensions import build_model
 from .loss import TruncatedL1Loss
-from .synthetic_defects import SyntheticDefects
+from .synthetic_defects import SyntheticDefects, SyntheticFeaturePool
 
 __all__ = ["SimpleNet"]
 
@@ -83,6 +83,14 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
             by a synthetic defect mask by more than this fraction, in ``[0, 1)``. Default 0.5.
         synthetic_per_head: With ``ensemble_size`` > 1, give every head its own ``synthetic_copies``
             defective copies of each image. Default ``False`` (all heads see the same copies).
+        synthetic_pool_size: 0 (default): new synthetic defects, through the backbone, at every step.
+            ``N``: ``N`` defective variants of each training image are drawn once (and every
+            ``synthetic_pool_refresh`` epochs) and their features reused
+            (:class:`~anomalib_hyperbolic.models.simplenet.synthetic_defects.SyntheticFeaturePool`).
+        synthetic_pool_refresh: Epochs between redraws of the pool; 0 (default) keeps it for the fit.
+        cache_features: Compute the frozen extractor's features of each training image once and
+            reuse them in later epochs (:class:`~anomalib_hyperbolic.feature_cache.FeatureCache`);
+            the model and its updates are unchanged (features agree to the last bits). Default ``True``.
         discriminator_hidden: Hidden width of the discriminator. Default 1024.
         negative_slope: LeakyReLU slope. Default 0.2.
         th_pos: ``th^+`` of eq. (7). Default 0.5.
@@ -104,7 +112,8 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
         ensemble_size: Independently initialised adaptor/discriminator heads on the one frozen
             feature extractor, each trained with its own loss on the same batches; the anomaly score
             is their mean. Default 1 (paper).
-        pre_processor: Pre-processor instance or flag to use the default (resize 256, ImageNet norm).
+        pre_processor: Pre-processor instance or flag to use the default (resize 256, normalised with the
+            backbone's mean/std from timm: ImageNet's for the default backbone, 0.5 for EfficientNet-Lite0).
         post_processor: Post-processor instance or flag to use the default.
         evaluator: Evaluator instance or flag to use the default.
         visualizer: Visualizer instance or flag to use the default.
@@ -127,6 +136,9 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
         synthetic_copies: int = DEFAULTS.synthetic_copies,
         synthetic_coverage: float = DEFAULTS.synthetic_coverage,
         synthetic_per_head: bool = DEFAULTS.synthetic_per_head,
+        synthetic_pool_size: int = DEFAULTS.synthetic_pool_size,
+        synthetic_pool_refresh: int = DEFAULTS.synthetic_pool_refresh,
+        cache_features: bool = DEFAULTS.cache_features,
         discriminator_hidden: int = DEFAULTS.discriminator_hidden,
         negative_slope: float = DEFAULTS.negative_slope,
         th_pos: float = DEFAULTS.th_pos,
@@ -148,7 +160,8 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
         visualizer: Visualizer | bool = True,
     ) -> None:
         super().__init__(
-            pre_processor=pre_processor,
+            # the default pre-processor normalises with this backbone's statistics
+            pre_processor=self.configure_pre_processor(backbone=backbone) if pre_processor is True else pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
@@ -203,6 +216,16 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
             )
         else:  # bad values are refused all the same
             SyntheticDefects.validate(synthetic_anomaly_source, synthetic_copies, synthetic_coverage)
+        if synthetic_pool_size and self.synthetic_defects is None:
+            msg = f"`synthetic_pool_size` needs synthetic_anomalies=True, got {synthetic_pool_size!r}."
+            raise ValueError(msg)
+        self.synthetic_pool = (
+            SyntheticFeaturePool(self.synthetic_defects, synthetic_pool_size, synthetic_pool_refresh)
+            if synthetic_pool_size and self.synthetic_defects is not None
+            else None
+        )
+        # a plain attribute (no state): the extractor's features of the training images, computed once
+        self.feature_cache = FeatureCache(self.model.feature_extractor) if cache_features else None
         self.adaptor_lr = adaptor_lr
         self.discriminator_lr = discriminator_lr
         self.weight_decay = weight_decay
@@ -210,10 +233,14 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
         self.adaptor_weight_decay = adaptor_weight_decay
 
     def on_train_start(self) -> None:
-        """With ``feature_standardization``: fit the feature statistics on the training set, once.
+        """Empty the feature cache and pool; with ``feature_standardization``, fit the feature statistics once.
 
-        Skipped when they are already fitted (a resumed or loaded checkpoint holds them).
+        The statistics are skipped when already fitted (a resumed or loaded checkpoint holds them);
+        their pass over the training set fills the feature cache.
         """
+        for store in (self.feature_cache, self.synthetic_pool):
+            if store is not None:
+                store.clear()
         model = self.model
         if not getattr(model, "feature_standardization", False) or bool(model.feature_statistics_fitted):
             return
@@ -232,8 +259,18 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
 
         was_training = model.training
         model.eval()
-        model.fit_feature_statistics(image_batches())
+        model.fit_feature_statistics(image_batches(), self.extract)
         model.train(was_training)
+
+    def on_train_epoch_end(self) -> None:
+        """Close the epoch of the feature cache and the synthetic pool (switch-off check, refresh)."""
+        for store in (self.feature_cache, self.synthetic_pool):
+            if store is not None:
+                store.end_epoch()
+
+    def extract(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen extractor's ``(B, C, H0, W0)`` output for training images, from the cache where it is on."""
+        return (self.feature_cache or self.model.feature_extractor)(images)  # type: ignore[return-value]
 
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """SimpleNet's Algorithm 1 on one batch, for every head: adapt, add noise, discriminate, truncated L1.
@@ -244,20 +281,16 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
         """
         del args, kwargs
         images = batch.image
-        count = images.shape[0]
         heads = self.model.heads()
-        defects = (
-            None if self.synthetic_defects is None else self.synthetic_defects(images, len(heads), self.pre_processor)
-        )
-        # o = F(x), eq. (4): one backbone call for the batch and its defective copies (the backbone is frozen, in eval)
-        features = self.model.features(images if defects is None else torch.cat([images, defects.images]))
+        features = self.model.features_of(self.extract(images))  # o = F(x), eq. (4): frozen, cached
+        synthetic = self.synthetic_features(images, len(heads))
         loss: torch.Tensor | int = 0
         hits: dict[str, list[torch.Tensor]] = {"p_true": [], "p_fake": [], "p_synthetic": []}
         for index, (adaptor, discriminator) in enumerate(heads):
-            adapted = adaptor(features[:count]).flatten(0, -2)  # q = G(o), eq. (5)
+            adapted = adaptor(features).flatten(0, -2)  # q = G(o), eq. (5)
             anomalous = [self.model.anomalous(adapted)]  # q- = q + eps, eq. (6)
-            if defects is not None:
-                anomalous.append(adaptor(defects.anomalous_features(features[count:], index)))
+            if synthetic is not None:
+                anomalous.append(adaptor(synthetic[index]))
             # one discriminator batch, as in the official code: batch-norm statistics cover every feature
             scores = self.model.normality(torch.cat([adapted, *anomalous]), discriminator)
             normal_scores, anomalous_scores = scores[: len(adapted)], scores[len(adapted) :]
@@ -272,6 +305,20 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
             if shares.numel():  # p_synthetic: only with synthetic defects that cover a cell this step
                 self.log(name, shares.float().mean(), on_step=False, on_epoch=True, prog_bar=name != "p_synthetic")
         return {"loss": loss}
+
+    def synthetic_features(self, images: torch.Tensor, heads: int) -> list[torch.Tensor] | None:
+        """Per head, the ``(M, C)`` features of the synthetic-defect cells (live or from the pool); ``None`` without."""
+        if self.synthetic_defects is None:
+            return None
+        if self.synthetic_pool is not None:
+            extractor = self.model.feature_extractor
+            rows = self.synthetic_pool.anomalous_features(
+                images, image_keys(images), heads, extractor, self.pre_processor
+            )
+            return [self.model.standardize(part) for part in rows]
+        defects = self.synthetic_defects(images, heads, self.pre_processor)
+        features = self.model.features_of(self.model.feature_extractor(defects.images))
+        return [defects.anomalous_features(features, index) for index in range(heads)]
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """Anomaly maps and scores (eqs. 9-11) for the validation batch; ``val_p_true`` on its normal images.
@@ -309,18 +356,14 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
         return LearningType.ONE_CLASS
 
     @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to ``image_size`` (default 256 x 256) and normalise with ImageNet statistics.
+    def configure_pre_processor(
+        cls, image_size: tuple[int, int] | None = None, backbone: str | os.PathLike | None = None
+    ) -> PreProcessor:
+        """Resize to ``image_size`` (default 256 x 256) and normalise with ``backbone``'s mean/std.
 
-        The paper also centre-crops to 224; anomalib applies the same transform to masks, and we
-        keep the whole image (no crop) as anomalib's other models do.
+        ``backbone`` defaults to SimpleNet's (``wide_resnet50_2.tv_in1k``: ImageNet statistics); the
+        statistics are timm's for that backbone (:func:`~anomalib_hyperbolic.backbones.backbone_normalization`,
+        e.g. 0.5/0.5 for ``tf_efficientnet_lite0``). The paper also centre-crops to 224; anomalib applies
+        the same transform to masks, and we keep the whole image (no crop) as anomalib's other models do.
         """
-        image_size = image_size or (256, 256)
-        return PreProcessor(
-            transform=Compose(
-                [
-                    Resize(image_size, antialias=True),
-                    Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-                ]
-            ),
-        )
+        return backbone_pre_processor(image_size or (256, 256), DEFAULTS.backbone if backbone is None else backbone)

@@ -14,6 +14,7 @@ image: ``K`` groups are made, and head ``k`` learns from group ``k`` only.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from torchvision.transforms.v2 import Normalize
 
 from .defaults import DEFAULTS, require_positive_int
 
-__all__ = ["DefectBatch", "SyntheticDefects"]
+__all__ = ["DefectBatch", "SyntheticDefects", "SyntheticFeaturePool"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,76 @@ class SyntheticDefects(nn.Module):
         groups = heads if self.per_head else 1
         synthetic, masks = self.synthesize(images.repeat(self.copies * groups, 1, 1, 1), pre_processor)
         return DefectBatch(synthetic, masks, groups, self.coverage)
+
+
+class SyntheticFeaturePool:
+    """Pre-drawn synthetic defects per training image, reused across steps (``synthetic_pool_size`` > 0).
+
+    Live synthesis pastes new defects and runs the backbone on every copy at every step; on cached
+    normal features that is most of a step's time. With a pool, the first time an image is seen
+    (and again every ``refresh_epochs`` epochs, 0 = never) ``size`` defective variants of it are
+    made and the extractor features ``o`` of their covered grid cells (before standardisation) are
+    kept; each step then draws, per image and head group, ``copies`` distinct variants. Images are
+    recognised by their content (:func:`~anomalib_hyperbolic.feature_cache.image_keys`).
+
+    Args:
+        defects: The live generator whose defects the pool holds (copies, coverage, per-head groups).
+        size: Variants kept per image, at least ``copies`` (per head group).
+        refresh_epochs: Epochs between redraws of every image's variants; 0 keeps them for the whole fit.
+    """
+
+    def __init__(self, defects: SyntheticDefects, size: int, refresh_epochs: int = 0) -> None:
+        require_positive_int("synthetic_pool_size", size)
+        if size < defects.copies:
+            msg = f"`synthetic_pool_size` ({size}) must be at least `synthetic_copies` ({defects.copies})."
+            raise ValueError(msg)
+        if isinstance(refresh_epochs, bool) or not isinstance(refresh_epochs, int) or refresh_epochs < 0:
+            msg = f"`synthetic_pool_refresh` must be an int >= 0 (epochs; 0 = never), got {refresh_epochs!r}."
+            raise ValueError(msg)
+        self.defects = defects
+        self.size = size
+        self.refresh_epochs = refresh_epochs
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every image's variants (they are drawn again when next needed)."""
+        self.variants: dict[str, list[torch.Tensor]] = {}
+        self.epochs = 0
+
+    def end_epoch(self) -> None:
+        """Count an epoch; redraw every variant at the next use when ``refresh_epochs`` have passed."""
+        self.epochs += 1
+        if self.refresh_epochs and self.epochs % self.refresh_epochs == 0:
+            self.variants = {}
+
+    def anomalous_features(
+        self,
+        images: torch.Tensor,
+        keys: list[str],
+        heads: int,
+        extract: Callable[[torch.Tensor], torch.Tensor],
+        pre_processor: PreProcessor | nn.Module | None = None,
+    ) -> list[torch.Tensor]:
+        """Per head, the ``(M, C)`` channel-last ``o`` of covered cells of this step's drawn variants.
+
+        ``extract`` maps ``(N, 3, H, W)`` images to the extractor's ``(N, C, H0, W0)`` output.
+        """
+        missing = [index for index, key in enumerate(keys) if key not in self.variants]
+        if missing:
+            batch = images[missing]
+            synthetic, masks = self.defects.synthesize(batch.repeat(self.size, 1, 1, 1), pre_processor)
+            with torch.no_grad():
+                features = extract(synthetic).permute(0, 2, 3, 1)
+            covered = F.adaptive_avg_pool2d(masks.float(), features.shape[1:3])[:, 0] > self.defects.coverage
+            for position, index in enumerate(missing):  # variant v of image j is row v * len(batch) + j
+                rows = range(position, len(synthetic), len(batch))
+                self.variants[keys[index]] = [features[row][covered[row]].detach() for row in rows]
+        groups = heads if self.defects.per_head else 1
+        drawn = []
+        for _ in range(groups):
+            parts = []
+            for key in keys:
+                choice = torch.randperm(self.size)[: self.defects.copies]
+                parts.extend(self.variants[key][int(v)] for v in choice)
+            drawn.append(torch.cat(parts).to(images.device))
+        return drawn if groups > 1 else drawn * heads

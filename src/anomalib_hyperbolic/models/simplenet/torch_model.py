@@ -147,7 +147,15 @@ class SimpleNetModel(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Local features ``o = F_phi(x)`` as ``(B, H0, W0, C)``, eq. (4)."""
-        return self.feature_extractor(images).permute(0, 2, 3, 1)
+        return self.features_of(self.feature_extractor(images))
+
+    def features_of(self, extracted: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H0, W0)`` extractor output (live or cached) -> ``(B, H0, W0, C)`` features ``o``."""
+        return self.standardize(extracted.permute(0, 2, 3, 1))
+
+    def standardize(self, features: torch.Tensor) -> torch.Tensor:
+        """Channel-last features as the adaptor takes them: unchanged in the paper's model."""
+        return features
 
     def anomalous(self, adapted: torch.Tensor) -> torch.Tensor:
         """Anomalous features ``q- = q + eps``, ``eps ~ N(0, sigma^2 I)``, eq. (6) (training only)."""
