@@ -25,6 +25,9 @@ Config (YAML)::
     latency: {runs: 20, warmup: 5, batch_sizes: [1, 8], openvino_precision: f32}   # or false: no timing
     latency_after: {runs: 20, ...}             # timing settings for --time-only when latency is false
     accelerator: cpu                           # training/testing device (gpu: train there, time later)
+    normalization: model                       # or backbone: Normalize with each cell backbone's mean/std
+    precision: 32-true                         # Lightning's training precision, e.g. bf16-mixed (bf16 autocast)
+    f32_evaluation: true                       # mixed precisions: validation/test/predict steps stay float32
     save_weights: false                        # keep each cell's trained state for `--time-only`
     models:
       - name: SimpleNet
@@ -36,6 +39,20 @@ Config (YAML)::
         max_time: null              # optional Lightning wall-time cap, "DD:HH:MM:SS" (steps reached are recorded)
         save_weights: null          # per-cell override of save_weights
         seed: null                  # per-cell override of the training seed (e.g. one cell per seed)
+        normalization: null         # per-cell override: model | backbone | imagenet (see build_model)
+        precision: null             # per-cell override of precision (e.g. bf16-mixed)
+        f32_evaluation: null        # per-cell override of f32_evaluation
+        check_val_every_n_epoch: null   # default: max_epochs (one validation, at the end) without max_steps/max_time
+
+``subset`` draws every image by a hash of the seed and its path relative to the dataset root
+(``MT_Free/Imgs/x.jpg``; see :func:`subset_image_names`), so a relative root, an absolute root or a
+copy of the data elsewhere keep the same images. ``precision: bf16-mixed`` trains under bf16 autocast
+(Lightning's mixed precision, float32 weights); with ``f32_evaluation`` (default) validation, test and
+prediction run in float32 (:class:`~anomalib_hyperbolic.precision.TrainOnlyMixedPrecision`), so anomaly
+maps, scores and the thresholds set on validation are not rounded to bf16. An epoch-based cell
+validates once, after its last epoch (``check_val_every_n_epoch = max_epochs``; see
+:func:`validation_interval`); step- or time-limited cells validate every epoch. Each row records
+``precision`` (``f32_evaluation`` for mixed ones) and ``check_val_every_n_epoch``.
 
 Training on an accelerator and timing on the edge CPU are separate steps: run the grid with
 ``accelerator: gpu``, ``latency: false`` and ``save_weights: true`` where the GPU is (``--parallel N``
@@ -48,6 +65,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -278,22 +296,98 @@ def _store(figures: dict[str, float], runtime: str, batch: int, seconds: float) 
         figures[f"{runtime}_throughput_ips_b{batch}"] = batch / seconds
 
 
-def _subset_indices(
-    samples: Any, fraction: float, seed: int, keep_anomalous: bool = False, complement: bool = False
-) -> list[int]:
-    """Rows kept by a seeded per-image draw: image ``p`` stays when ``sha256(seed:p)`` < ``fraction``.
+def dataset_root(datamodule: Any) -> Path | None:
+    """The folder a datamodule reads its images from: its ``root``, else that of the datamodule it wraps.
 
-    The decision for an image depends on its path and the seed only, so every cell keeps the same
-    images even when a data wrapper moved a few of them to another split (DRA's labelled anomalies),
-    and every (label, anomaly type) group keeps about ``fraction`` of its images. With ``complement``
-    the images that the same draw would *not* keep are kept instead: a disjoint set, e.g. to confirm a
-    setting chosen on the drawn subset.
+    ``MVTecAD``, ``Folder`` and this package's datamodules keep it as ``root``; wrappers such as
+    :class:`~anomalib_hyperbolic.data.FewShotAnomalies` hold the wrapped one as ``datamodule``.
+    ``None`` when neither has one (e.g. a ``Folder`` built from absolute folders without ``root``).
+    """
+    while datamodule is not None:
+        root = getattr(datamodule, "root", None)
+        if root is not None:
+            return Path(root)
+        datamodule = getattr(datamodule, "datamodule", None)
+    return None
+
+
+def _relative_name(path: str | Path, base: Path) -> str | None:
+    """``path`` relative to ``base`` in POSIX form (``MT_Free/Imgs/x.jpg``); ``None`` when it lies outside.
+
+    Both are made absolute first (against the working directory), as written and, failing that, with
+    symbolic links resolved (:meth:`Path.resolve`).
+    """
+    for candidate, folder in (
+        (Path(os.path.abspath(path)), Path(os.path.abspath(base))),
+        (Path(path).resolve(), base.resolve()),
+    ):
+        if candidate.is_relative_to(folder):
+            return candidate.relative_to(folder).as_posix()
+    return None
+
+
+def subset_image_names(datamodule: Any) -> dict[str, str]:
+    """The name under which :func:`apply_subset` draws each image of a (set-up) datamodule's splits.
+
+    The name is the image path relative to the dataset's root (:func:`dataset_root`), in POSIX form,
+    so a relative root, an absolute root or a copy of the data in another folder keep the same images.
+    When the datamodule has no root, or some image lies outside it (a ``Folder`` with an absolute
+    ``abnormal_dir`` elsewhere), every image is named relative to the common parent folder of all the
+    images of the train, val and test splits instead (a warning says so when there was a root): still
+    independent of where the data lies, as long as the folder layout below that parent is kept.
+    """
+    paths = sorted(
+        {
+            str(path)
+            for split in ("train", "val", "test")
+            if getattr(datamodule, f"{split}_data", None) is not None
+            for path in getattr(datamodule, f"{split}_data").samples["image_path"]
+        }
+    )
+    root = dataset_root(datamodule)
+    if root is not None:
+        names = {path: _relative_name(path, root) for path in paths}
+        outside = [path for path, name in names.items() if name is None]
+        if not outside:
+            return names  # type: ignore[return-value]
+        logger.warning(
+            "%d image(s) lie outside the dataset root %s (e.g. %s): the subset draw names images relative to "
+            "their common parent folder instead",
+            len(outside),
+            root,
+            outside[0],
+        )
+    if not paths:
+        return {}
+    parent = Path(os.path.commonpath([os.path.dirname(os.path.abspath(path)) for path in paths]))
+    return {path: Path(os.path.abspath(path)).relative_to(parent).as_posix() for path in paths}
+
+
+def _subset_indices(
+    samples: Any,
+    fraction: float,
+    seed: int,
+    keep_anomalous: bool = False,
+    complement: bool = False,
+    names: dict[str, str] | None = None,
+) -> list[int]:
+    """Rows kept by a seeded per-image draw: image ``p`` stays when ``sha256(seed:name(p))`` < ``fraction``.
+
+    ``names`` maps each image path to the name it is drawn under (see :func:`subset_image_names`:
+    the path relative to the dataset root); without it, the path as the samples list it. The decision
+    for an image depends on its name and the seed only, so every cell keeps the same images even when
+    a data wrapper moved a few of them to another split (DRA's labelled anomalies), wherever the data
+    lies, and every (label, anomaly type) group keeps about ``fraction`` of its images. With
+    ``complement`` the images that the same draw would *not* keep are kept instead: a disjoint set,
+    e.g. to confirm a setting chosen on the drawn subset.
     """
     import hashlib
 
+    names = names or {}
     kept = []
     for index, (path, label) in enumerate(zip(samples["image_path"], samples["label_index"], strict=True)):
-        digest = hashlib.sha256(f"{seed}:{path}".encode()).digest()
+        name = names.get(str(path), str(path))
+        digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
         drawn = int.from_bytes(digest[:8], "big") < fraction * 2**64
         if (keep_anomalous and int(label) == 1) or drawn != complement:
             kept.append(index)
@@ -306,8 +400,10 @@ def apply_subset(datamodule: Any, subset: dict[str, Any] | None) -> dict[str, in
     ``subset`` maps split names (``train``, ``val``, ``test``) to fractions in (0, 1] plus an
     optional ``seed`` and an optional ``complement`` list of splits for which the images the draw
     leaves out are kept instead (a disjoint set). Every cell gets the same images: the split and the
-    choice are seeded (see :func:`_subset_indices`); labelled anomalies in the training split
-    (few-shot data) are all kept. Returns the number of images per split after the cut.
+    choice are seeded (see :func:`_subset_indices`) and key on the image paths relative to the dataset
+    root (:func:`subset_image_names`), so the same images are kept wherever the data lies; labelled
+    anomalies in the training split (few-shot data) are all kept. Returns the number of images per
+    split after the cut.
     """
     from lightning.pytorch.trainer.states import TrainerFn
 
@@ -323,6 +419,7 @@ def apply_subset(datamodule: Any, subset: dict[str, Any] | None) -> dict[str, in
     if missing:
         msg = f"benchmark subset.complement names splits without a fraction: {missing}"
         raise ValueError(msg)
+    names = subset_image_names(datamodule) if subset else {}
     for split, fraction in subset.items():
         fraction = float(fraction)
         if not 0 < fraction <= 1:
@@ -333,7 +430,12 @@ def apply_subset(datamodule: Any, subset: dict[str, Any] | None) -> dict[str, in
             msg = f"benchmark subset.{split}: the datamodule has no {split} split"
             raise ValueError(msg)
         indices = _subset_indices(
-            dataset.samples, fraction, seed, keep_anomalous=split == "train", complement=split in complement
+            dataset.samples,
+            fraction,
+            seed,
+            keep_anomalous=split == "train",
+            complement=split in complement,
+            names=names,
         )
         if not indices:
             msg = f"benchmark subset.{split}={fraction} keeps no image of the {len(dataset)} in that split"
@@ -379,16 +481,75 @@ def cell_image_size(config: dict[str, Any], spec: dict[str, Any]) -> int:
     return int(spec.get("image_size", config.get("image_size", 256)))
 
 
+#: ``normalization`` values: the model's own pre-processor, the cell backbone's mean/std, ImageNet's.
+NORMALIZATIONS = ("model", "backbone", "imagenet")
+
+
+def cell_normalization(config: dict[str, Any], spec: dict[str, Any]) -> str:
+    """The cell's ``normalization``: its own, else the config's, else ``"model"`` (see :func:`build_model`)."""
+    mode = spec.get("normalization") or config.get("normalization") or "model"  # null: not set
+    if mode not in NORMALIZATIONS:
+        msg = f"benchmark model {spec.get('name')!r}: normalization must be one of {list(NORMALIZATIONS)}, got {mode!r}"
+        raise ValueError(msg)
+    return mode
+
+
+def normalization_record(config: dict[str, Any], spec: dict[str, Any], model: Any) -> dict[str, Any]:
+    """The input mean/std a cell's model uses, for its row.
+
+    ``where`` is ``"pre_processor"`` (a torchvision ``Normalize``), ``"model"`` (HADNet's
+    ``image_mean``/``image_std`` buffers) or ``None`` (the model normalises with constants of its own
+    inside, as EfficientAd, or not at all).
+    """
+    from anomalib_hyperbolic.models.components import pre_processor_normalization
+
+    record: dict[str, Any] = {"mode": cell_normalization(config, spec), "where": None, "mean": None, "std": None}
+    found = pre_processor_normalization(getattr(model, "pre_processor", None))
+    inner = getattr(model, "model", None)
+    if found is not None:
+        record.update(where="pre_processor", mean=found[0], std=found[1])
+    elif hasattr(inner, "image_mean") and hasattr(inner, "image_std"):
+        record.update(where="model", mean=inner.image_mean.flatten().tolist(), std=inner.image_std.flatten().tolist())
+    return record
+
+
 def build_model(config: dict[str, Any], spec: dict[str, Any]) -> Any:
     """The cell's model: its class and arguments, the common pre-processor, evaluator, no visualizer.
 
-    The input size is :func:`cell_image_size`.
+    The input size is :func:`cell_image_size`. The pre-processor's normalisation follows
+    :func:`cell_normalization`:
+
+    * ``model`` (default): the model class's own ``configure_pre_processor``, given the cell's
+      ``init_args.backbone`` when it takes a ``backbone`` (this package's models: the backbone's
+      statistics, as the model's default pre-processor).
+    * ``backbone``: a pre-processor holding a torchvision ``Normalize`` gets the mean/std of the cell's
+      ``init_args.backbone`` (:func:`~anomalib_hyperbolic.backbones.backbone_normalization`), anomalib's
+      models included (e.g. Padim on ``tf_efficientnet_lite0``: 0.5/0.5).
+    * ``imagenet``: such a ``Normalize`` gets ImageNet's mean/std (a control cell).
+
+    Cells without a ``Normalize`` (models that normalise inside: EfficientAd, HypAD, HADNet) and, for
+    ``backbone``, cells without a ``backbone`` argument keep the model's pre-processor.
     """
+    from anomalib_hyperbolic.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_normalization
+    from anomalib_hyperbolic.models.components import pre_processor_normalization, with_normalization
+
     image_size = cell_image_size(config, spec)
     model_class = _import(spec["class_path"])
+    mode = cell_normalization(config, spec)
+    backbone = spec.get("init_args", {}).get("backbone")
+    size = (image_size, image_size)
+    if backbone is not None and "backbone" in inspect.signature(model_class.configure_pre_processor).parameters:
+        pre_processor = model_class.configure_pre_processor(image_size=size, backbone=backbone)
+    else:
+        pre_processor = model_class.configure_pre_processor(image_size=size)
+    if mode != "model" and pre_processor_normalization(pre_processor) is not None:
+        if mode == "imagenet":
+            pre_processor = with_normalization(pre_processor, IMAGENET_MEAN, IMAGENET_STD)
+        elif backbone is not None:
+            pre_processor = with_normalization(pre_processor, *backbone_normalization(backbone))
     model = model_class(
         **spec.get("init_args", {}),
-        pre_processor=model_class.configure_pre_processor(image_size=(image_size, image_size)),
+        pre_processor=pre_processor,
         evaluator=_evaluator(bool(config.get("pixel_metrics", True))),
         visualizer=False,  # no images: they cost time and are not benchmarked
     )
@@ -452,6 +613,64 @@ def cell_seed(config: dict[str, Any], spec: dict[str, Any]) -> int:
     return int(spec.get("seed", config.get("seed", 0)))
 
 
+# Lightning's short spellings of its precisions, and the mixed ones (autocast over float32 weights)
+_PRECISION_ALIASES = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+MIXED_PRECISIONS = ("bf16-mixed", "16-mixed")
+
+
+def cell_precision(config: dict[str, Any], spec: dict[str, Any]) -> tuple[str, bool]:
+    """The cell's Lightning training ``precision`` and its ``f32_evaluation`` flag.
+
+    ``precision`` is the cell's own, else the config's, else ``"32-true"`` (Lightning's default), in
+    Lightning's spelling (``"bf16"`` becomes ``"bf16-mixed"``). ``f32_evaluation`` (the cell's, else
+    the config's, default ``True``) matters for the mixed precisions only: it keeps validation, test
+    and predict steps in float32 (see :func:`precision_arguments`).
+    """
+    precision = next(
+        (value for value in (spec.get("precision"), config.get("precision")) if value is not None), "32-true"
+    )
+    precision = str(precision)
+    f32_evaluation = next(
+        (value for value in (spec.get("f32_evaluation"), config.get("f32_evaluation")) if value is not None), True
+    )
+    return _PRECISION_ALIASES.get(precision, precision), bool(f32_evaluation)
+
+
+def precision_arguments(precision: str, f32_evaluation: bool, accelerator: str | None) -> dict[str, Any]:
+    """The ``Engine``/``Trainer`` arguments of a precision: ``precision=...`` or a precision plugin.
+
+    A mixed precision (``bf16-mixed``, ``16-mixed``) with ``f32_evaluation`` becomes
+    ``plugins=[TrainOnlyMixedPrecision(...)]``: autocast in the training steps only, so anomaly maps,
+    scores and the thresholds set on validation are not rounded to 16 bits. Otherwise Lightning's own
+    ``precision`` (a mixed one then autocasts evaluation steps too).
+    """
+    if precision in MIXED_PRECISIONS and f32_evaluation:
+        from anomalib_hyperbolic.precision import TrainOnlyMixedPrecision, autocast_device
+
+        return {"plugins": [TrainOnlyMixedPrecision(precision, device=autocast_device(accelerator))]}  # type: ignore[arg-type]
+    return {"precision": precision}
+
+
+def validation_interval(spec: dict[str, Any], trainer_arguments: dict[str, Any] | None = None) -> int:
+    """The cell's ``check_val_every_n_epoch``: its own when set, else one validation at the end when possible.
+
+    Lightning validates after epoch ``e`` when ``(e + 1) % N == 0``. An epoch-based cell (more than one
+    epoch, no ``max_steps``, no ``max_time``) gets ``N = max_epochs``: one validation, after the last
+    epoch, from which anomalib sets its thresholds and normalisation, instead of one per epoch. Every
+    other cell gets 1 (Lightning's default): a step or time limit may end training before the last
+    epoch, which would then leave it unvalidated. ``trainer_arguments`` (the model's own, e.g. PaDiM's
+    ``max_epochs: 1``) override the cell's limits, as anomalib's ``Engine`` does.
+    """
+    if spec.get("check_val_every_n_epoch") is not None:
+        return int(spec["check_val_every_n_epoch"])
+    limits = {"max_epochs": spec.get("max_epochs", 1), "max_steps": spec.get("max_steps", -1)}
+    limits = {**limits, "max_time": spec.get("max_time"), **(trainer_arguments or {})}
+    max_epochs, max_steps = limits.get("max_epochs"), limits.get("max_steps")
+    if limits.get("max_time") or (max_steps is not None and int(max_steps) >= 0):
+        return 1
+    return int(max_epochs) if max_epochs is not None and int(max_epochs) > 1 else 1
+
+
 def _prepare(config: dict[str, Any], spec: dict[str, Any]) -> tuple[Any, dict[str, int], Any]:
     """Seed, then the cell's datamodule (set up, subset applied), its split sizes and its model.
 
@@ -496,9 +715,13 @@ def run_cell(
     limits = {"max_epochs": spec.get("max_epochs", 1), "max_steps": spec.get("max_steps", -1)}
     if spec.get("max_time"):
         limits["max_time"] = spec["max_time"]
+    accelerator = spec.get("accelerator", config.get("accelerator", "cpu"))
+    precision, f32_evaluation = cell_precision(config, spec)
     engine = Engine(
         **limits,
-        accelerator=spec.get("accelerator", config.get("accelerator", "cpu")),
+        **precision_arguments(precision, f32_evaluation, accelerator),
+        check_val_every_n_epoch=validation_interval(spec, getattr(model, "trainer_arguments", None)),
+        accelerator=accelerator,
         devices=spec.get("devices", config.get("devices", 1)),
         strategy=spec.get("strategy", config.get("strategy", "auto")),
         default_root_dir=cell_dir,
@@ -518,6 +741,10 @@ def run_cell(
     # training-loop throughput (TrainingStepTimer: set-up passes and the first step excluded); steps are
     # optimiser steps (each rank takes every one), images are counted over all ranks
     row["world_size"] = engine.trainer.world_size
+    row["precision"] = str(engine.trainer.precision)  # the trainer's, after the model's trainer_arguments
+    if row["precision"] in MIXED_PRECISIONS:
+        row["f32_evaluation"] = f32_evaluation
+    row["check_val_every_n_epoch"] = engine.trainer.check_val_every_n_epoch
     if step_timer.steps_per_second is not None:
         row["train_steps_per_second"] = step_timer.steps_per_second
         batch = getattr(datamodule, "train_batch_size", None)
@@ -545,6 +772,7 @@ def run_cell(
         row["group"] = spec["group"]
     row["class_path"] = spec["class_path"]
     row["init_args"] = spec.get("init_args", {})
+    row["normalization"] = normalization_record(config, spec, model)
     for key in ("data_wrapper", "data_overrides"):
         if spec.get(key):
             row[key] = spec[key]
@@ -886,8 +1114,9 @@ def seed_summary(rows: list[dict[str, Any]], columns: Sequence[str] | None = Non
     """Mean and sample standard deviation (n - 1) of every metric over cells that differ only in ``seed``.
 
     Cells expanded from one model's ``seeds`` share its ``group``; other cells are grouped by class,
-    init arguments, training limits, data wrapper and data overrides, named after their first cell
-    without a trailing seed tag (``" s1"``). Returns one entry per group, in first-seen order, with
+    init arguments, training limits, data wrapper, data overrides and training precision (``precision``,
+    ``f32_evaluation``), named after their first cell without a trailing seed tag (``" s1"``). Returns
+    one entry per group, in first-seen order, with
     ``seeds``, ``class_path``, ``init_args`` and, per metric and latency column, ``<column>_mean``, ``<column>_std`` and
     ``<column>_values`` (one value per seed).
     """
@@ -897,7 +1126,11 @@ def seed_summary(rows: list[dict[str, Any]], columns: Sequence[str] | None = Non
     for row in rows:
         limits = [row.get(key) for key in ("max_epochs", "max_steps", "max_time")]
         data = [row.get("data_wrapper"), row.get("data_overrides")]  # e.g. DRA's K and seen class
-        key = json.dumps([row.get("class_path"), row.get("init_args", {}), limits, data], sort_keys=True, default=str)
+        # the training precision (rows written before it was recorded trained at 32-true)
+        precision = [row.get("precision") or "32-true", row.get("f32_evaluation")]
+        key = json.dumps(
+            [row.get("class_path"), row.get("init_args", {}), limits, data, precision], sort_keys=True, default=str
+        )
         groups.setdefault(f"group:{row['group']}" if "group" in row else key, []).append(row)
     summary = []
     for members in groups.values():

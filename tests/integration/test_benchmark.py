@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from anomalib_hyperbolic import benchmark
@@ -245,6 +248,52 @@ def test_precision_effect_scores_the_test_images_with_openvino_at_both_precision
     assert abs(row["ov_f32_image_AUROC"] - row["image_AUROC"]) < 1e-3
     assert abs(row["ov_f32_pixel_AUROC"] - row["pixel_AUROC"]) < 1e-3
     assert row["ov_max_score_change"] >= 0
+
+
+def test_bf16_cell_validates_once_after_its_last_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2-epoch ``precision: bf16-mixed`` cell: bf16 training, one float32 validation, at the end."""
+    from anomalib_hyperbolic import metrics
+
+    validated: list[int] = []
+
+    class CountingTimer(metrics.TrainingStepTimer):  # run_cell's own callback, plus a validation count
+        def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            if not trainer.sanity_checking:
+                validated.append(trainer.current_epoch)
+
+    monkeypatch.setattr(metrics, "TrainingStepTimer", CountingTimer)
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=64)
+    config = {
+        "image_size": 64,
+        "latency": False,
+        "precision": "bf16-mixed",  # config default, f32_evaluation: true by default
+        "data": {
+            "class_path": "anomalib.data.MVTecAD",
+            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0, "train_batch_size": 4},
+        },
+    }
+    spec = {
+        "name": "SimpleNet",
+        "class_path": "anomalib_hyperbolic.models.SimpleNet",
+        "init_args": HARNESS_CASES["SimpleNet"].init_args,
+        "max_epochs": 2,
+    }
+    row = benchmark.run_cell(config, spec, tmp_path / "cell")
+    assert validated == [1]  # once, after the second (last) epoch
+    assert row["check_val_every_n_epoch"] == 2
+    assert row["precision"] == "bf16-mixed"
+    assert row["f32_evaluation"] is True
+    assert row["epochs_run"] == 2
+    for key in ("image_AUROC", "pixel_AUROC", "pixel_AUPRO"):
+        assert math.isfinite(row[key]), key
+
+    # a step-based cell keeps Lightning's every-epoch validation; an explicit interval is kept
+    validated.clear()
+    row = benchmark.run_cell({**config, "precision": None}, {**spec, "max_steps": 2}, tmp_path / "steps")
+    assert row["check_val_every_n_epoch"] == 1
+    assert row["precision"] == "32-true"
+    assert "f32_evaluation" not in row
+    assert validated == [0, 1]
 
 
 def test_latency_only_cell_times_an_untrained_model_with_the_buffers_it_is_given(tmp_path: Path) -> None:

@@ -211,3 +211,61 @@ def test_model_harness(name: str, dataset_root: Path, tmp_path: Path, monkeypatc
     assert len(rows) == len(list(images.glob("*.png")))
     assert abs(rows[image_path.name] - float(expected.pred_score.reshape(-1)[0])) < 1e-3
     assert len(list((tmp_path / "scored").glob("*.png"))) == len(rows)
+
+
+@pytest.mark.parametrize("name", ["SimpleNet", "DRA", "HADNet"])
+def test_model_trains_under_bf16_autocast_and_evaluates_in_float32(
+    name: str, dataset_root: Path, tmp_path: Path
+) -> None:
+    """``TrainOnlyMixedPrecision("bf16-mixed")`` (the benchmark's ``precision: bf16-mixed``): no dtype error.
+
+    Training steps run under CPU bf16 autocast, validation and test steps in float32; metrics are finite.
+    """
+    from anomalib_hyperbolic.precision import TrainOnlyMixedPrecision
+
+    torch.manual_seed(0)
+    case = HARNESS_CASES[name]
+    size = case.image_size
+    model_class = _model_class(name)
+    model = model_class(
+        **case.init_args,
+        pre_processor=model_class.configure_pre_processor(image_size=(size, size)),
+        evaluator=_evaluator(),
+        visualizer=False,
+    )
+    autocast: dict[str, set[object]] = {"training_step": set(), "validation_step": set(), "test_step": set()}
+
+    def recording(hook: str) -> object:
+        step = getattr(model, hook)
+
+        def wrapped(*args: object, **kwargs: object) -> object:
+            enabled = torch.is_autocast_enabled("cpu")
+            autocast[hook].add(torch.get_autocast_dtype("cpu") if enabled else None)
+            return step(*args, **kwargs)
+
+        return wrapped
+
+    for hook in autocast:
+        setattr(model, hook, recording(hook))
+    if case.datamodule_factory is not None:
+        datamodule = case.datamodule_factory(dataset_root, size)
+    else:
+        datamodule = MVTecAD(
+            root=dataset_root, category="synthetic", train_batch_size=4, eval_batch_size=4, num_workers=0
+        )
+    engine = Engine(
+        max_epochs=1,
+        max_steps=case.max_steps,
+        accelerator="cpu",
+        devices=1,
+        plugins=[TrainOnlyMixedPrecision("bf16-mixed", device="cpu")],
+        default_root_dir=tmp_path / "results",
+        logger=False,
+        enable_progress_bar=False,
+    )
+    engine.fit(model=model, datamodule=datamodule)
+    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
+    assert autocast == {"training_step": {torch.bfloat16}, "validation_step": {None}, "test_step": {None}}
+    for key in ("image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO"):
+        assert math.isfinite(float(metrics[key])), f"{key} = {metrics[key]}"
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())  # weights stay float32

@@ -63,6 +63,129 @@ def test_subset_errors(tmp_path: Path) -> None:
         benchmark.apply_subset(_mvtec(root), {"test": 1e-9})
 
 
+def _drawn_names(datamodule: object, root: Path, subset: dict[str, object]) -> dict[str, list[str]]:
+    """The images each split keeps after ``apply_subset``, as POSIX paths relative to ``root``."""
+    benchmark.apply_subset(datamodule, subset)
+    return {
+        split: sorted(Path(path).resolve().relative_to(root.resolve()).as_posix() for path in data.samples.image_path)
+        for split in ("train", "test")
+        for data in [getattr(datamodule, f"{split}_data")]
+    }
+
+
+def test_subset_draw_keeps_the_same_images_wherever_the_data_lies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative root, an absolute root and a copy in another folder keep the same images."""
+    import shutil
+
+    from anomalib_hyperbolic.data import FewShotAnomalies, MagneticTile
+    from anomalib_hyperbolic.testing import make_magnetic_tile_like
+
+    monkeypatch.chdir(tmp_path)
+    root = make_magnetic_tile_like(tmp_path / "magnetic_tile", n_normal=16, n_per_defect=4, min_size=16, max_size=24)
+    copy = tmp_path / "elsewhere" / "mt_copy"
+    shutil.copytree(root, copy)
+    subset = {"train": 0.5, "test": 0.5, "seed": 1}
+
+    def drawn(data_root: Path | str) -> dict[str, list[str]]:
+        return _drawn_names(MagneticTile(root=data_root, num_workers=0), Path(data_root), subset)
+
+    relative = drawn("magnetic_tile")
+    assert relative == drawn(root.resolve()) == drawn(copy)
+    whole = _drawn_names(MagneticTile(root=root, num_workers=0), root, {})
+    for split in ("train", "test"):
+        assert 0 < len(relative[split]) < len(whole[split]), split  # the draw cuts
+    # names are relative to the dataset root, in POSIX form
+    datamodule = MagneticTile(root="magnetic_tile", num_workers=0)
+    datamodule.setup()
+    names = benchmark.subset_image_names(datamodule)
+    assert set(names.values()) == {name for split in whole.values() for name in split}
+    assert all(name.startswith("MT_") and "/Imgs/" in name for name in names.values())
+    # a wrapper's root is the wrapped datamodule's
+    assert benchmark.dataset_root(FewShotAnomalies(MagneticTile(root=copy), num_anomalies=1)) == copy
+
+
+def test_subset_draw_without_a_root_names_images_from_their_common_folder(tmp_path: Path) -> None:
+    """A ``Folder`` of absolute folders and no ``root`` keeps the same images in a copy of the data."""
+    import shutil
+
+    from anomalib.data import Folder
+
+    first = make_mvtec_like_dataset(tmp_path / "a" / "data", n_train=16, n_test_good=8, n_test_defect=4) / "synthetic"
+    second = tmp_path / "b" / "other"
+    shutil.copytree(first, second)
+
+    def folder(base: Path) -> Folder:
+        return Folder(
+            name="synthetic",
+            normal_dir=base / "train" / "good",
+            abnormal_dir=[base / "test" / kind for kind in ("blob", "scratch")],
+            normal_test_dir=base / "test" / "good",
+            num_workers=0,
+            seed=0,  # anomalib's val/test re-split
+        )
+
+    datamodule = folder(first)
+    assert datamodule.root is None
+    subset = {"train": 0.5, "test": 0.5, "seed": 2}
+    assert _drawn_names(datamodule, first, subset) == _drawn_names(folder(second), second, subset)
+    whole = folder(first)
+    whole.setup()
+    names = set(benchmark.subset_image_names(whole).values())
+    assert {"train/good/000.png", "test/good/000.png", "test/blob/000.png"} <= names
+
+
+def test_build_model_normalization_modes(tmp_path: Path) -> None:
+    """``backbone``: Padim on Lite0 gets 0.5/0.5, EfficientAd is left alone; a cell's ``imagenet`` is a control.
+
+    ``model`` (the default) keeps each model's own pre-processor.
+    """
+    from anomalib_hyperbolic.models.components import pre_processor_normalization
+
+    padim = {
+        "name": "Padim",
+        "class_path": "anomalib.models.Padim",
+        "init_args": {
+            "backbone": "tf_efficientnet_lite0",
+            "layers": ["blocks.1", "blocks.2"],
+            "n_features": 16,
+            "pre_trained": False,  # offline: no hub
+        },
+    }
+    efficientad = {
+        "name": "EfficientAd",
+        "class_path": "anomalib.models.EfficientAd",
+        "init_args": {"imagenet_dir": tmp_path},
+    }
+    imagenet_cell = {**padim, "name": "Padim imagenet", "normalization": "imagenet"}
+    half, imagenet = ([0.5] * 3, [0.5] * 3), ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    config = {"image_size": 64, "pixel_metrics": False, "normalization": "backbone"}
+
+    model = benchmark.build_model(config, padim)
+    assert pre_processor_normalization(model.pre_processor) == half
+    assert model.pre_processor.transform.transforms[0].size == [64, 64]
+    record = benchmark.normalization_record(config, padim, model)
+    assert record == {"mode": "backbone", "where": "pre_processor", "mean": half[0], "std": half[1]}
+    control = benchmark.build_model(config, imagenet_cell)
+    assert pre_processor_normalization(control.pre_processor) == imagenet
+    assert benchmark.normalization_record(config, imagenet_cell, control)["mode"] == "imagenet"
+    ead = benchmark.build_model(config, efficientad)
+    assert pre_processor_normalization(ead.pre_processor) is None  # EfficientAd normalises inside: untouched
+    assert benchmark.normalization_record(config, efficientad, ead)["where"] is None
+    # the default, "model": anomalib's Padim keeps its own ImageNet statistics
+    assert pre_processor_normalization(benchmark.build_model({"image_size": 64}, padim).pre_processor) == imagenet
+    # ... and this package's models get their own default, which follows the cell's backbone
+    simplenet = {
+        "name": "SimpleNet",
+        "class_path": "anomalib_hyperbolic.models.SimpleNet",
+        "init_args": {"backbone": "tf_efficientnet_lite0", "layers": ["blocks.2"], "pre_trained": False},
+    }
+    assert pre_processor_normalization(benchmark.build_model({"image_size": 64}, simplenet).pre_processor) == half
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        benchmark.build_model({"normalization": "lab"}, padim)
+
+
 def test_local_pdn_teacher_is_loaded_by_efficientad_and_hypad(tmp_path: Path) -> None:
     from anomalib.models import EfficientAd
 
@@ -304,3 +427,41 @@ def test_prepare_steps_make_missing_paths_only_and_check_they_were_made(tmp_path
     silent = {"path": str(tmp_path / "never"), "function": "builtins.print"}
     with pytest.raises(RuntimeError, match="did not write"):
         benchmark.prepare_files({"prepare": [silent]})
+
+
+def test_validation_interval_validates_epoch_based_cells_once_at_the_end() -> None:
+    assert benchmark.validation_interval({"max_epochs": 8}) == 8  # (epoch + 1) % 8 == 0: after the last epoch only
+    assert benchmark.validation_interval({"max_epochs": 1}) == 1
+    assert benchmark.validation_interval({}) == 1
+    assert benchmark.validation_interval({"max_epochs": 8, "max_steps": 100}) == 1  # step-based: unchanged
+    assert benchmark.validation_interval({"max_epochs": 8, "max_steps": -1}) == 8
+    assert benchmark.validation_interval({"max_epochs": 8, "max_time": "00:00:10:00"}) == 1  # may stop early
+    assert benchmark.validation_interval({"max_epochs": 8, "check_val_every_n_epoch": 2}) == 2  # the cell's own
+    assert benchmark.validation_interval({"max_epochs": 8, "check_val_every_n_epoch": None}) == 8
+    # the model's trainer_arguments win, as in anomalib's Engine (PaDiM, PatchCore: one epoch)
+    assert benchmark.validation_interval({"max_epochs": 8}, {"max_epochs": 1, "num_sanity_val_steps": 0}) == 1
+
+
+def test_cell_precision_defaults_and_plugin() -> None:
+    from anomalib_hyperbolic.precision import TrainOnlyMixedPrecision
+
+    assert benchmark.cell_precision({}, {}) == ("32-true", True)
+    assert benchmark.cell_precision({"precision": "bf16"}, {}) == ("bf16-mixed", True)
+    config = {"precision": "bf16-mixed", "f32_evaluation": False}
+    assert benchmark.cell_precision(config, {"precision": None}) == ("bf16-mixed", False)
+    assert benchmark.cell_precision(config, {"precision": 32, "f32_evaluation": True}) == ("32-true", True)
+    assert benchmark.precision_arguments("32-true", True, "cpu") == {"precision": "32-true"}
+    assert benchmark.precision_arguments("bf16-mixed", False, "cpu") == {"precision": "bf16-mixed"}
+    (plugin,) = benchmark.precision_arguments("bf16-mixed", True, "cpu")["plugins"]
+    assert isinstance(plugin, TrainOnlyMixedPrecision)
+    assert (plugin.precision, plugin.device) == ("bf16-mixed", "cpu")
+
+
+def test_seed_summary_keeps_cells_of_different_precisions_apart() -> None:
+    base = {"class_path": "m.A", "init_args": {}, "max_epochs": 8, "max_steps": -1, "pixel_AUPRO": 0.5}
+    rows = [
+        {**base, "name": "A", "seed": 0},  # written before precision was recorded: 32-true
+        {**base, "name": "A s1", "seed": 1, "precision": "32-true"},
+        {**base, "name": "A bf16", "seed": 0, "precision": "bf16-mixed", "f32_evaluation": True},
+    ]
+    assert [entry["seeds"] for entry in benchmark.seed_summary(rows)] == [[0, 1], [0]]
