@@ -59,7 +59,9 @@ def test_two_runs_give_identical_metrics_and_one_table(
     assert first == second  # bit-identical, not approximately equal
 
     table = (tmp_path / "a" / "table.md").read_text()
-    assert table.splitlines()[0].startswith("| model | image AUROC | AUPRO |")
+    assert table.splitlines()[0].startswith("| model | schedule | image AUROC | AUPRO |")
+    assert "| SimpleNet | 1 epoch, bf16 |" in table
+    assert "| PatchCore | 1 epoch |" in table
     assert "OpenVINO ms/image" in table.splitlines()[0]
     for name in ("SimpleNet", "PatchCore"):
         assert f"| {name} |" in table
