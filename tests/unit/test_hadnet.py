@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from anomalib.data import ImageBatch
+from lightning.pytorch.callbacks import Callback
 
 from anomalib_hyperbolic.geometry import clip_features, expmap0
 from anomalib_hyperbolic.models import HADNet
@@ -274,3 +275,144 @@ def test_supervised_mode_on_magnetic_tile_ratio_split(tmp_path):
     metrics = engine.test(model, datamodule=datamodule, verbose=False)[0]
     assert 0 <= metrics["pixel_MIoU"] <= 1
     assert 0 <= metrics["pixel_CategoryIoU"] <= 1  # the mean over the synthetic defect types
+
+
+# ---------------------------------------------------------------------------------------------- feature cache
+def test_jitter_draws_exactly_as_random_apply():
+    """``_jitter`` reproduces ``v2.RandomApply`` per image (same images, same stream position) and reports which."""
+    module = HADNet(**TINY, color_jitter_p=0.5, visualizer=False)
+    images = torch.rand(8, 3, 16, 16)
+    torch.manual_seed(3)
+    expected = torch.stack([module.color_jitter(image) for image in images])
+    expected_next = torch.rand(1)
+    torch.manual_seed(3)
+    jittered_images, jittered = module._jitter(images)
+    assert torch.equal(jittered_images, expected)
+    assert torch.equal(torch.rand(1), expected_next)  # the stream continues where RandomApply's does
+    changed = (jittered_images != images).flatten(1).any(dim=1)
+    assert torch.equal(jittered, changed)
+    assert 0 < int(jittered.sum()) < len(images)
+    for p, count in ((0.0, 0), (1.0, len(images))):
+        module.color_jitter.p = p
+        assert int(module._jitter(images)[1].sum()) == count
+
+
+def _cache_steps(mode: str, steps: int = 2, **kwargs: object) -> HADNet:
+    """A tiny initialised module run for ``steps`` training steps on one batch, its cache emptied before them."""
+    torch.manual_seed(0)
+    module = HADNet(**TINY, training_mode=mode, init_batches=1, hst_steps=1, visualizer=False, **kwargs)
+    module.initialize(_batches(mode == "supervised"))
+    module.model.train()
+    assert module.feature_cache is not None
+    module.feature_cache.clear()
+    for _ in range(steps):
+        module.training_step(_batches(mode == "supervised")[0], 0)
+    return module
+
+
+@pytest.mark.parametrize("mode", ["unsupervised", "supervised"])
+def test_jittered_images_are_never_stored(mode):
+    """color_jitter_p = 1: every training input is jittered, so no lookup, no entry, no hit."""
+    cache = _cache_steps(mode, color_jitter_p=1.0).feature_cache
+    assert (cache.lookups, cache.hits, len(cache.entries)) == (0, 0, 0)
+
+
+def test_synthetic_anomalies_are_never_stored():
+    """Unsupervised, no jitter: the normal twins are stored; synthetic anomalies never, unchanged inputs hit."""
+    cache = _cache_steps("unsupervised", color_jitter_p=0.0, anomaly_probability=1.0).feature_cache
+    assert len(cache.entries) == 4  # the four normal twins, not the anomalies
+    assert (cache.lookups, cache.hits) == (8, 4)  # twins only: missed in step 1, hit in step 2
+    cache = _cache_steps("unsupervised", steps=1, color_jitter_p=0.0, anomaly_probability=0.0).feature_cache
+    assert len(cache.entries) == 4  # the Perlin generator left every input as it was: its twin's entry
+    assert (cache.lookups, cache.hits) == (8, 4)
+
+
+def test_supervised_plain_images_hit_from_the_second_step():
+    cache = _cache_steps("supervised", color_jitter_p=0.0).feature_cache
+    assert len(cache.entries) == 4
+    assert (cache.lookups, cache.hits) == (8, 4)
+
+
+class _CacheCounts(Callback):
+    """The cache's cumulative (hits, lookups, entries) after stage 1 and after every epoch."""
+
+    def __init__(self) -> None:
+        self.after_stage_1: tuple[int, int, int] | None = None
+        self.epochs: list[tuple[int, int, int]] = []
+
+    @staticmethod
+    def _counts(module: HADNet) -> tuple[int, int, int]:
+        cache = module.feature_cache
+        return (0, 0, 0) if cache is None else (cache.hits, cache.lookups, len(cache.entries))
+
+    def on_train_epoch_start(self, trainer: object, pl_module: HADNet) -> None:
+        if self.after_stage_1 is None:
+            self.after_stage_1 = self._counts(pl_module)
+
+    def on_train_epoch_end(self, trainer: object, pl_module: HADNet) -> None:
+        self.epochs.append(self._counts(pl_module))
+
+
+def _fit_magnetic_tile(root, run_dir, mode: str, cache_features: bool, epochs: int = 3):
+    """Seeded tiny fit + test on a generated Magnetic Tile copy: metrics, trained state, cache counts."""
+    from anomalib.engine import Engine
+    from lightning.pytorch import seed_everything
+
+    from anomalib_hyperbolic.data import MagneticTile
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seed_everything(0, workers=True)
+        split = {"split_mode": "ratio"} if mode == "supervised" else {"split_mode": "one_class"}
+        datamodule = MagneticTile(root=root, train_batch_size=4, eval_batch_size=4, num_workers=0, **split)
+        model = HADNet(
+            **TINY,
+            training_mode=mode,
+            init_batches=2,
+            hst_steps=2,
+            cache_features=cache_features,
+            pre_processor=HADNet.configure_pre_processor((32, 32)),
+            visualizer=False,
+        )
+        counts = _CacheCounts()
+        engine = Engine(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            default_root_dir=run_dir,
+            callbacks=[counts],
+        )
+        engine.fit(model, datamodule=datamodule)
+        (metrics,) = engine.test(model, datamodule=datamodule, verbose=False)
+    finally:
+        torch.set_num_threads(threads)
+    state = {name: tensor.clone() for name, tensor in model.model.state_dict().items()}
+    return {name: float(value) for name, value in metrics.items()}, state, counts, model
+
+
+@pytest.mark.parametrize("mode", ["supervised", "unsupervised"])
+def test_cached_fit_equals_live_fit_and_hits_from_the_second_epoch(mode, tmp_path):
+    """Seeded 3-epoch fits with and without the cache: same metrics and weights; the cache is hit."""
+    from anomalib_hyperbolic.testing import make_magnetic_tile_like
+
+    root = make_magnetic_tile_like(tmp_path / "mt", n_normal=6, n_per_defect=3)
+    live, live_state, live_counts, _ = _fit_magnetic_tile(root, tmp_path / "live", mode, cache_features=False)
+    cached, cached_state, counts, model = _fit_magnetic_tile(root, tmp_path / "cached", mode, cache_features=True)
+    assert live_counts.epochs == [(0, 0, 0)] * 3
+    assert set(cached) == set(live)
+    for name, value in live.items():
+        assert cached[name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
+    for name, tensor in live_state.items():
+        assert torch.allclose(cached_state[name].float(), tensor.float(), rtol=1e-4, atol=1e-4), name
+    assert model.feature_cache.enabled
+    assert counts.after_stage_1[2] > 0  # stage 1's passes over plain training images filled the cache
+    previous = counts.after_stage_1
+    for epoch, (hits, lookups, _) in enumerate(counts.epochs):
+        epoch_hits, epoch_lookups = hits - previous[0], lookups - previous[1]
+        assert 0 <= epoch_hits <= epoch_lookups
+        if epoch >= 1:
+            assert epoch_hits > 0, (epoch, counts.epochs)
+        previous = (hits, lookups, 0)

@@ -8,6 +8,10 @@ Training has two stages:
    anomalous batches and the ``r`` lowest-loss maps fixed per layer (eqs. 8-10).
 2. Ordinary epochs: reconstruction networks + ARD discriminator trained on anomalous inputs.
 
+The frozen backbone's levels of plain training images (not colour-jittered, no synthetic anomaly)
+are computed once and reused (``cache_features``, :class:`~anomalib_hyperbolic.feature_cache.FeatureCache`),
+in stage 1 and in the epochs; jittered and synthetic images are always computed live.
+
 Anomalous inputs ``G_n`` are synthetic (anomalib's :class:`PerlinAnomalyGenerator`, DRAEM-style,
 optional texture folder) in ``training_mode="unsupervised"``, or the real defect images and masks
 of the training split in ``training_mode="supervised"``.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from anomalib_hyperbolic.distributed import DistributedStateMixin, broadcast, shard, world_size
+from anomalib_hyperbolic.feature_cache import FeatureCache
 from anomalib_hyperbolic.geometry import DEFAULT_CLIP_RADIUS
 from anomalib_hyperbolic.metrics import CategoryIoU, MIoU
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
@@ -55,6 +61,30 @@ from .torch_model import (
 logger = logging.getLogger(__name__)
 
 __all__ = ["HADNet"]
+
+
+class BackboneLevels(nn.Module):
+    """HADNet's frozen backbone on *normalised* images, one feature map per layer (the feature cache's extractor).
+
+    :meth:`HADNetModel.extract` is ``BackboneLevels(normalize(images))``; the cache keys the normalised
+    images, so the normalisation enters the key and the backbone (weights, layers) the fingerprint.
+    The backbone is shared with the model, not copied (the wrapper lives outside the module tree).
+    """
+
+    def __init__(self, feature_extractor: nn.Module, layers: Sequence[str]) -> None:
+        super().__init__()
+        self.feature_extractor = feature_extractor
+        self.layers = list(layers)
+
+    @torch.no_grad()
+    def forward(self, normalised: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone levels ``phi_i`` of normalised images."""
+        features = self.feature_extractor(normalised)
+        return [features[layer] for layer in self.layers]
+
+    def extra_repr(self) -> str:
+        """The layers, so that they enter the cache's fingerprint."""
+        return f"layers={self.layers}"
 
 
 class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, AnomalibModule):
@@ -82,6 +112,11 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         blend_factor: Blend range of the synthetic anomalies.
         color_jitter_p: Probability of ColorJitter per training image (paper: 0.25).
         color_jitter: Brightness / contrast / saturation strengths of that ColorJitter.
+        cache_features: Compute the frozen backbone's levels of each plain training image (not
+            colour-jittered, no synthetic anomaly) once and reuse them in stage 1 and later epochs
+            (:class:`~anomalib_hyperbolic.feature_cache.FeatureCache`); jittered and synthetic images
+            are computed live and never stored. The model and its updates are unchanged (features
+            agree to the last bits). Default ``True``.
         lr: Adam learning rate (paper: 1e-3).
         lr_step_size: Epochs between learning-rate decays (step decay).
         lr_gamma: Learning-rate decay factor.
@@ -123,6 +158,7 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         blend_factor: float | tuple[float, float] = (0.2, 1.0),
         color_jitter_p: float = 0.25,
         color_jitter: float = 0.2,
+        cache_features: bool = True,
         lr: float = 1e-3,
         lr_step_size: int = 50,
         lr_gamma: float = 0.1,
@@ -205,6 +241,8 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         self.color_jitter = v2.RandomApply(
             [v2.ColorJitter(brightness=strength, contrast=strength, saturation=strength)], p=color_jitter_p
         )
+        levels = BackboneLevels(self.model.feature_extractor, self.model.layers)
+        self.feature_cache = FeatureCache(levels) if cache_features else None
 
     # ------------------------------------------------------------------ anomalib hooks
     @classmethod
@@ -262,25 +300,80 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         masks = batch.gt_mask.to(self.device, torch.float32)
         return masks.unsqueeze(1) if masks.ndim == 3 else masks
 
-    def _jitter(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self.color_jitter(image) for image in images])
+    def _jitter(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``self.color_jitter`` (``v2.RandomApply``) on each image, and the ``(B,)`` mask of the jittered ones.
+
+        The draws are RandomApply's own, in its order: per image one ``torch.rand(1)``, the image kept
+        when it is ``>= p``, else the ColorJitter applied (drawing its factors) before the next image's
+        ``torch.rand(1)``. The random stream, so training, is that of calling RandomApply per image.
+        """
+        jittered = []
+        outputs = []
+        for image in images:
+            applied = not bool(torch.rand(1) >= self.color_jitter.p)
+            if applied:
+                for transform in self.color_jitter.transforms:
+                    image = transform(image)
+            outputs.append(image)
+            jittered.append(applied)
+        return torch.stack(outputs), torch.tensor(jittered, dtype=torch.bool, device=images.device)
 
     def _anomalous(
         self, batch: Batch, init: bool = False, jitter: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``(G_n, mask, I_n or None)``: synthetic anomalies with their normal twin, or real ones.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(G_n, mask, I_n or None, jittered)``: synthetic anomalies with their normal twin, or real ones.
 
         ColorJitter (``jitter=True``, training epochs) is applied before the synthesis, so the
-        normal twin and the anomalous image share it.
+        normal twin and the anomalous image share it; ``jittered`` (``(B,)`` bool) marks the images it changed.
         """
         images = self._images(batch)
         if jitter:
-            images = self._jitter(images)
+            images, jittered = self._jitter(images)
+        else:
+            jittered = torch.zeros(len(images), dtype=torch.bool, device=images.device)
         if self.training_mode == "supervised":
-            return images, self._real_masks(batch), None
+            return images, self._real_masks(batch), None, jittered
         augmenter = self.init_augmenter if init else self.augmenter
         anomalous, masks = augmenter(images)
-        return anomalous.clamp(0, 1), (masks > 0.5).float(), images
+        return anomalous.clamp(0, 1), (masks > 0.5).float(), images, jittered
+
+    @staticmethod
+    def _plain(anomalous: torch.Tensor, normal: torch.Tensor | None, jittered: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` mask of the anomalous inputs that are plain training images (fixed backbone levels).
+
+        Not jittered, and (unsupervised) left unchanged by the Perlin generator, which keeps
+        ``1 - anomaly_probability`` of the images as they are: such an input is its normal twin.
+        """
+        plain = ~jittered
+        if normal is not None:
+            plain = plain & (anomalous == normal).flatten(1).all(dim=1)
+        return plain
+
+    @torch.no_grad()
+    def _levels(self, images: torch.Tensor, cacheable: torch.Tensor | bool = True) -> list[torch.Tensor]:
+        """``HADNetModel.extract(images)``, the ``cacheable`` rows through the feature cache.
+
+        Only plain training images may be ``cacheable`` (a ``(B,)`` mask or one bool for all):
+        their levels are a fixed function of the image. The other rows are computed live and never
+        stored (a jittered or synthetic image does not come back). Without a cache, or with one that
+        switched itself off, the whole batch is computed live as before.
+        """
+        cache = self.feature_cache
+        rows = torch.as_tensor(cacheable, dtype=torch.bool, device=images.device).expand(len(images))
+        if cache is None or not cache.enabled or not bool(rows.any()):
+            return self.model.extract(images)
+        normalised = self.model.normalize(images)
+        if bool(rows.all()):
+            return list(cache(normalised))
+        cached = cache(normalised[rows])
+        live = self.model.extract(images[~rows])
+        levels = []
+        for hit, fresh in zip(cached, live, strict=True):
+            level = hit.new_empty((len(images), *hit.shape[1:]))
+            level[rows] = hit
+            level[~rows] = fresh.to(level.dtype)
+            levels.append(level)
+        return levels
 
     def _cycle(self, loader: Any, count: int) -> Iterator[Batch]:
         produced = 0
@@ -307,12 +400,17 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
 
     # ------------------------------------------------------------------ stage 1: HST + AFSS
     def on_train_start(self) -> None:
-        """Check transforms, then fit HST statistics / hyperplanes and fix the AFSS selection once."""
+        """Check transforms, then fit HST statistics / hyperplanes and fix the AFSS selection once.
+
+        The feature cache is emptied first: stage 1's passes over plain training images fill it.
+        """
         if self.pre_processor and any(
             isinstance(t, v2.Normalize) for t in getattr(self.pre_processor.transform, "transforms", [])
         ):
             msg = "HADNet normalises images itself (`mean`/`std`); remove Normalize from the pre-processor."
             raise ValueError(msg)
+        if self.feature_cache is not None:
+            self.feature_cache.clear()
         if bool(self.model.initialized):
             return
         # Stage 1 sees the same images and random draws on every rank and in one process: a loader of
@@ -350,7 +448,7 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         for batch in self._cycle(loader, self.init_batches):
             images = shard(self._images(batch))  # this rank's share of the batch (all of it in one process)
             if len(images):
-                state = model.update_feature_statistics(images, state)
+                state = model.update_feature_statistics(images, state, extract=self._levels)
         if state is None:
             msg = "HADNet got an empty training dataloader (or fewer images than ranks)."
             raise ValueError(msg)
@@ -366,8 +464,8 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
             optimizer = torch.optim.Adam(params, lr=self.hst_lr)
             with torch.enable_grad(), model.fitting_hyperplanes():
                 for batch in self._cycle(loader, self.hst_steps):
-                    anomalous, masks, _ = self._anomalous(batch, init=True)
-                    points = model.hst(model.extract(anomalous))
+                    anomalous, masks, normal, jittered = self._anomalous(batch, init=True)
+                    points = model.hst(self._levels(anomalous, self._plain(anomalous, normal, jittered)))
                     loss = hyperplane_loss(model.hyperplane_logits(points), masks)
                     optimizer.zero_grad()
                     loss.backward()
@@ -377,12 +475,12 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         totals = None
         with torch.no_grad():
             for batch in self._cycle(loader, self.init_batches):
-                anomalous, masks, normal = self._anomalous(batch, init=True)
-                anomalous_points = model.hst(model.extract(anomalous))
+                anomalous, masks, normal, jittered = self._anomalous(batch, init=True)
+                anomalous_points = model.hst(self._levels(anomalous, self._plain(anomalous, normal, jittered)))
                 if normal is None:
                     normal_points = self._background_reference(anomalous_points, masks)
                 else:
-                    normal_points = model.hst(model.extract(normal))
+                    normal_points = model.hst(self._levels(normal))
                 losses = model.afss_channel_losses(
                     normal_points, anomalous_points, target=self.afss_target, masks=masks
                 )
@@ -392,22 +490,33 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
 
     # ------------------------------------------------------------------ stage 2
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        """Reconstruction + ARD discriminator on anomalous inputs."""
+        """Reconstruction + ARD discriminator on anomalous inputs.
+
+        Backbone levels of plain images come from the feature cache (``cache_features``); jittered
+        and synthetic images are computed live.
+        """
         del args, kwargs
-        anomalous, masks, normal = self._anomalous(batch, jitter=True)
-        selected, _ = self.model.forward_features(anomalous)
-        out = self.model.head(selected, anomalous.shape[-2:])
-        if normal is None:
-            targets, recon_masks = [s.detach() for s in selected], masks
-        else:
+        anomalous, masks, normal, jittered = self._anomalous(batch, jitter=True)
+        targets: list[torch.Tensor] | None = None
+        if normal is not None:  # the twins first: an input the Perlin generator left as it was hits their entry
             with torch.no_grad():
-                targets, _ = self.model.forward_features(normal)
-            recon_masks = None
+                targets, _ = self.model.forward_features(normal, extract=partial(self._levels, cacheable=~jittered))
+        plain = self._plain(anomalous, normal, jittered)
+        selected, _ = self.model.forward_features(anomalous, extract=partial(self._levels, cacheable=plain))
+        out = self.model.head(selected, anomalous.shape[-2:])
+        recon_masks = None
+        if targets is None:  # supervised: the selected features themselves, outside the mask
+            targets, recon_masks = [s.detach() for s in selected], masks
         losses = self.loss(out["logits"], masks, out["reconstructions"], targets, recon_masks)
         self.log("train_loss", losses["loss"].item(), on_epoch=True, prog_bar=True, logger=True)
         self.log("train_seg_loss", losses["seg_loss"].item(), on_epoch=True, logger=True)
         self.log("train_recon_loss", losses["recon_loss"].item(), on_epoch=True, logger=True)
         return {"loss": losses["loss"]}
+
+    def on_train_epoch_end(self) -> None:
+        """Close the feature cache's epoch (it switches itself off when the inputs keep changing)."""
+        if self.feature_cache is not None:
+            self.feature_cache.end_epoch()
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """Predict scores and anomaly maps."""

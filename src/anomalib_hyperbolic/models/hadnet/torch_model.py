@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -276,11 +276,14 @@ class HADNetModel(nn.Module):
         self.feature_extractor.eval()
         return self
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in ``[0, 1]`` normalised with ``image_mean`` / ``image_std`` (the backbone's input)."""
+        return (images - self.image_mean) / self.image_std
+
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Frozen backbone features ``phi_i`` for images in ``[0, 1]``."""
-        normalised = (images - self.image_mean) / self.image_std
-        features = self.feature_extractor(normalised)
+        features = self.feature_extractor(self.normalize(images))
         return [features[layer] for layer in self.layers]
 
     def hst(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -356,9 +359,19 @@ class HADNetModel(nn.Module):
         return pooled.flatten(1).amax(dim=1)
 
     # ---------------------------------------------------------------- forward
-    def forward_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Selected hyperbolic features ``phi_i`` of every layer and all ball points ``z_i``."""
-        points = self.hst(self.extract(images))
+    def forward_features(
+        self,
+        images: torch.Tensor,
+        extract: Callable[[torch.Tensor], Sequence[torch.Tensor]] | None = None,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Selected hyperbolic features ``phi_i`` of every layer and all ball points ``z_i``.
+
+        Args:
+            images: Images in ``[0, 1]``.
+            extract: Stand-in for :meth:`extract` returning the same backbone levels (training takes
+                them from a feature cache); ``None``: :meth:`extract`.
+        """
+        points = self.hst((self.extract if extract is None else extract)(images))
         return self.select(points), points
 
     def head(self, selected: Sequence[torch.Tensor], image_size: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -382,9 +395,17 @@ class HADNetModel(nn.Module):
 
     # ---------------------------------------------------------------- initialisation (before training)
     @torch.no_grad()
-    def update_feature_statistics(self, images: torch.Tensor, state: list[ChannelMoments] | None) -> list:
-        """Accumulate per-channel sums over normal images; call :meth:`set_feature_statistics` after."""
-        features = self.extract(images)
+    def update_feature_statistics(
+        self,
+        images: torch.Tensor,
+        state: list[ChannelMoments] | None,
+        extract: Callable[[torch.Tensor], Sequence[torch.Tensor]] | None = None,
+    ) -> list:
+        """Accumulate per-channel sums over normal images; call :meth:`set_feature_statistics` after.
+
+        ``extract`` stands in for :meth:`extract` as in :meth:`forward_features`.
+        """
+        features = (self.extract if extract is None else extract)(images)
         state = state or [ChannelMoments() for _ in features]
         for moments, feature in zip(state, features, strict=True):
             moments.update(feature)
