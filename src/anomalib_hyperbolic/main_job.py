@@ -50,9 +50,10 @@ class Settings:
     image_size: int = 256
     train_subset: float = 0.25  # seeded per-image draw of the training normals (benchmark.apply_subset)
     seed: int = 0
-    epochs: int = 48  # SimpleNet epochs on cached features in bf16: what the 10-minute budget allows (PatchCore: 1)
+    epochs: int = 40  # SimpleNet epochs on cached features in bf16 (PatchCore: 1)
     training_precision: str = "bf16-mixed"  # SimpleNet's training (Lightning); evaluation stays float32
     pool: int = 8  # SimpleNet's pre-drawn synthetic-defect variants per image (0: new defects every step)
+    pool_refresh: int = 10  # epochs between redraws of the pool (simplenet_pool_selection.yaml: as good as live)
     heads: int = 1  # SimpleNet adaptor/discriminator heads (ensemble_size)
     coreset_ratio: float = 0.01  # PatchCore's coreset_sampling_ratio
     train_batch_size: int = 4
@@ -326,6 +327,7 @@ def model_specs(settings: Settings, weights: Path) -> dict[str, tuple[str, dict[
         "ensemble_size": settings.heads,
         "synthetic_per_head": settings.heads > 1,  # several heads: each its own synthetic defects
         "synthetic_pool_size": settings.pool,
+        "synthetic_pool_refresh": settings.pool_refresh,
     }
     patchcore = {**PATCHCORE_ARGS, "coreset_sampling_ratio": settings.coreset_ratio}
     return {
@@ -577,6 +579,7 @@ def _parser() -> argparse.ArgumentParser:
         "precision": "OpenVINO inference precision hint (f32, bf16, f16)",
         "training_precision": "SimpleNet's training precision (Lightning: 32-true, bf16-mixed)",
         "pool": "SimpleNet's pre-drawn synthetic-defect variants per image (0: new ones every step)",
+        "pool_refresh": "epochs between redraws of SimpleNet's synthetic-defect pool (0: never)",
         "overlays": "overlay images per model and test class",
         "progress_interval": "seconds between progress lines inside a stage",
     }
