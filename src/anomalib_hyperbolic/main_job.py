@@ -498,11 +498,11 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 STAGE_WEIGHTS = {  # expected seconds at the defaults on a quiet 2-core CPU (only for the percent shown)
     "weights": 5.0,
-    "SimpleNet: train": 215.0,
+    "SimpleNet: train": 380.0,
     "SimpleNet: export to OpenVINO": 8.0,
-    "PatchCore: train": 160.0,
-    "PatchCore: export to OpenVINO": 8.0,
-    "OpenVINO scoring": 80.0,
+    "PatchCore: train": 120.0,
+    "PatchCore: export to OpenVINO": 6.0,
+    "OpenVINO scoring": 47.0,
 }
 
 

@@ -42,8 +42,12 @@ DDP_CASES: dict[str, dict[str, Any]] = {
         "batch_size": 2,
         "max_steps": 2,
     },
+    # HADNet: the paper's input statistics, with which the metric bounds of test_ddp were set (its default now
+    # follows the backbone: resnet18 gets ImageNet's, and on these 8 test images the DDP and one-process
+    # models, trained on other batch compositions, then land 0.41 apart in image AUROC; the fitted state and
+    # the ranks' models still agree exactly)
     "HADNet": {
-        "init_args": {},
+        "init_args": {"mean": [0.491, 0.449, 0.410], "std": [0.231, 0.219, 0.220]},
         "state_keys": ["model.feature_mean_", "model.feature_std_", "model.hyperplane_", "model.selected_"],
     },
     # DRA: the inference reference normals, fixed at the start of training

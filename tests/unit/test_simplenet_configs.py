@@ -37,7 +37,10 @@ BENCHMARK_CELLS = _benchmark_cells()
 
 def test_the_benchmark_configs_have_simplenet_cells():
     assert len(BENCHMARK_CELLS) >= 10
-    assert any("mt_cpu" in name for name in BENCHMARK_CELLS)
+    protocol = yaml.safe_load((CONFIGS / "benchmark" / "mt_cpu.yaml").read_text())["models"]
+    mt_cpu_args = [cell["init_args"] for cell in protocol if cell["class_path"].endswith(".SimpleNet")]
+    assert mt_cpu_args, "mt_cpu has a SimpleNet cell"
+    assert all(args in BENCHMARK_CELLS.values() for args in mt_cpu_args)  # (listed once, under its first config)
     assert any("simplenet_long_confirm" in name for name in BENCHMARK_CELLS)
 
 
