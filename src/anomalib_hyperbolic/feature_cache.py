@@ -6,9 +6,11 @@ can be computed once and reused: :class:`FeatureCache` does that for any extract
 (SimpleNet's ``F_phi`` here; any model with a frozen extractor can use it).
 
 Keys. An entry is keyed by the SHA-256 of the extractor's *fingerprint* (its class, ``repr`` and
-every parameter and buffer: backbone weights, layers, pooling) and of the image tensor as the
-extractor receives it (its bytes, shape and dtype: the image itself, its size and normalisation and
-any augmentation all enter the key). A hit is therefore always the same computation; an image
+every parameter and buffer: backbone weights, layers, pooling) and of the image's content key
+(:func:`image_keys`: the SHA-256 of the image tensor as the extractor receives it, its bytes, shape
+and dtype; the image itself, its size and normalisation and any augmentation all enter the key).
+A caller that needs the content keys for something else too (SimpleNet's synthetic pool) computes
+them once and passes them in. A hit is therefore always the same computation; an image
 that changed is a miss, never a stale hit. The fingerprint is taken at the first lookup after
 :meth:`FeatureCache.clear` (models clear the cache when a fit starts), and an extractor left in
 a batch-norm or dropout layer in training mode is never cached (:func:`changes_in_training`).
@@ -121,13 +123,21 @@ class FeatureCache:
         self.hits = self.lookups = 0
         self.epoch_hits = self.epoch_lookups = 0
 
-    def __call__(self, images: torch.Tensor) -> Features:
-        """``extractor(images)``, each image's part taken from the cache where it is there."""
+    def __call__(self, images: torch.Tensor, content_keys: Sequence[str] | None = None) -> Features:
+        """``extractor(images)``, each image's part taken from the cache where it is there.
+
+        ``content_keys``: the images' :func:`image_keys`, where the caller has them already.
+        """
         if not self.enabled or changes_in_training(self.extractor):
             return self.extractor(images)
         if self.fingerprint is None:
             self.fingerprint = module_fingerprint(self.extractor)
-        keys = image_keys(images, self.fingerprint)
+        if content_keys is None:
+            content_keys = image_keys(images)
+        elif len(content_keys) != len(images):
+            msg = f"The feature cache got {len(content_keys)} content keys for {len(images)} images."
+            raise ValueError(msg)
+        keys = [hashlib.sha256(f"{self.fingerprint}|{key}".encode()).hexdigest() for key in content_keys]
         found = [self._load(key) for key in keys]
         missing = [index for index, entry in enumerate(found) if entry is None]
         self.lookups += len(keys)

@@ -44,6 +44,18 @@ def test_each_image_is_computed_once_and_hits_equal_the_live_features() -> None:
     assert cache.hit_rate == pytest.approx(3 / 8)
 
 
+def test_content_keys_computed_by_the_caller_find_the_same_entries() -> None:
+    extractor = CountingExtractor()
+    cache = FeatureCache(extractor)
+    images = torch.rand(3, 3, 8, 8)
+    first = cache(images)
+    again = cache(images, image_keys(images))  # keys hashed once by the caller (SimpleNet's training step)
+    assert extractor.images_seen == 3
+    assert torch.equal(again, first)
+    with pytest.raises(ValueError, match="content keys"):
+        cache(images, image_keys(images[:2]))
+
+
 def test_a_changed_image_or_changed_weights_is_a_miss_never_a_stale_hit() -> None:
     extractor = CountingExtractor()
     cache = FeatureCache(extractor)

