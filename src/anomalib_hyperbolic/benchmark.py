@@ -809,7 +809,7 @@ def _precision_effect(
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2.functional import resize
 
-    from anomalib_hyperbolic.metrics import _Fields, threshold_free_metrics
+    from anomalib_hyperbolic.metrics import MetricFields, threshold_free_metrics
 
     image_size = cell_image_size(config, spec)
     with_masks = bool(config.get("pixel_metrics", True))
@@ -839,7 +839,7 @@ def _precision_effect(
                     fields["anomaly_map"] = anomaly_map.reshape(1, image_size, image_size)
                     fields["gt_mask"] = mask.reshape(1, image_size, image_size).bool()
                 for metric in metrics:
-                    metric.update(_Fields(**fields))
+                    metric.update(MetricFields(**fields))
                 scores[precision].append(float(score[0]))
         for metric in metrics:
             if metric.update_called:

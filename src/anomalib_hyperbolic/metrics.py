@@ -27,7 +27,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["CategoryIoU", "MIoU", "RawScoreMetrics", "TrainingStepTimer", "threshold_free_metrics"]
+__all__ = ["CategoryIoU", "MIoU", "MetricFields", "RawScoreMetrics", "TrainingStepTimer", "threshold_free_metrics"]
 
 
 class _MIoU(Metric):
@@ -328,14 +328,14 @@ class RawScoreMetrics(Callback):
         for field in ("pred_score", "anomaly_map"):
             if field in collected:
                 collected[field] = self._rescaled(collected[field])
-        everything = _Fields(**collected)
+        everything = MetricFields(**collected)
         for metric in threshold_free_metrics("raw_", self.pixel_metrics, self.fpr_limit):
             metric.update(everything)  # the pixel metrics skip a test set without masks
             if metric.update_called:
                 self.results[metric.name] = float(metric.compute())
 
 
-class _Fields:
+class MetricFields:
     """The attributes an :class:`~anomalib.metrics.AnomalibMetric` reads from a batch."""
 
     def __init__(self, **fields: torch.Tensor) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anomalib_hyperbolic.testing.synthetic import _defect, textured_image
+from anomalib_hyperbolic.testing.synthetic import defect_mask, textured_image
 
 __all__ = ["make_elpv_like", "make_magnetic_tile_like", "make_magnetic_tile_subset", "make_neu_seg_like"]
 
@@ -31,7 +31,7 @@ def _paint(rng: np.random.Generator, image: np.ndarray, kind: str) -> np.ndarray
     """Paint a dark or bright defect on ``image`` (in place); return its boolean mask."""
     height, width = image.shape
     side = min(height, width)
-    mask = _defect(rng, side, kind)
+    mask = defect_mask(rng, side, kind)
     full = np.zeros_like(image, dtype=bool)
     full[:side, :side] = mask
     image[full] = rng.choice([0.05, 0.95]) + rng.normal(0, 0.02, int(full.sum()))

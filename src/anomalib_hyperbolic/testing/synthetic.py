@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["DEFECT_TYPES", "make_mvtec_like_dataset", "textured_image"]
+__all__ = ["DEFECT_TYPES", "defect_mask", "make_mvtec_like_dataset", "textured_image"]
 
 DEFECT_TYPES = ("blob", "scratch")
 
@@ -36,7 +36,7 @@ def textured_image(rng: np.random.Generator, size: int, channels: int = 3) -> np
     return np.clip(base[..., None] * tint[None, None, :], 0, 1)
 
 
-def _defect(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
+def defect_mask(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
     """A boolean mask of one defect covering roughly 1-8 % of the image."""
     yy, xx = np.mgrid[0:size, 0:size]
     cy, cx = rng.integers(size // 5, size - size // 5, 2)
@@ -93,7 +93,7 @@ def make_mvtec_like_dataset(
     for kind in defect_types:
         for index in range(n_test_defect):
             image = textured_image(rng, image_size)
-            mask = _defect(rng, image_size, kind)
+            mask = defect_mask(rng, image_size, kind)
             value = rng.choice([0.05, 0.95])
             image[mask] = value + rng.normal(0, 0.02, (int(mask.sum()), image.shape[-1]))
             _save(image, base / "test" / kind / f"{index:03d}.png", grayscale)
