@@ -13,13 +13,13 @@
 #       pip install --no-index --no-deps --target /tmp/site .whl/*.whl and PYTHONPATH=/tmp/site)
 # On the GPU machine, from the repository root:  OUT=<folder for results> bash scripts/gpu_evidence.sh
 # Then on the CPU machine, with the cells and weights unpacked into results/benchmark/magnetic_tile_gpu:
-#   anomalib-hyperbolic benchmark --config configs/benchmark/magnetic_tile_gpu.yaml --time-only
+#   anomalib-hyperbolic benchmark --config configs/benchmark/archive/magnetic_tile_gpu.yaml --time-only
 #
 # Steps: (1) PatchCore and the SimpleNet cells start at once; (2) meanwhile a PDN-S teacher is distilled
 # from EfficientNet-Lite0 on the training normals of the split (never the test images); (3) the PDN cells
 # (EfficientAd and the HypAD variants) train in parallel with that teacher; (4) results are packed into $OUT.
 set -uo pipefail
-CONFIG=${CONFIG:-configs/benchmark/magnetic_tile_gpu.yaml}
+CONFIG=${CONFIG:-configs/benchmark/archive/magnetic_tile_gpu.yaml}
 DEVICE=${DEVICE:-cuda}
 DISTILL_STEPS=${DISTILL_STEPS:-3000}
 DEADLINE_S=${DEADLINE_S:-500}          # grids are stopped and everything is packed after this many seconds, finished or not

@@ -18,17 +18,18 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _benchmark_cells() -> dict[str, dict[str, Any]]:
-    """Distinct SimpleNet init_args of ``configs/benchmark/*.yaml``, keyed by file and cell name."""
+    """Distinct SimpleNet init_args of ``configs/benchmark/*.yaml`` then ``archive/*.yaml``, keyed by file and cell."""
     cells: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
-    for path in sorted((CONFIGS / "benchmark").glob("*.yaml")):
+    benchmark = CONFIGS / "benchmark"
+    for path in sorted(benchmark.glob("*.yaml")) + sorted(benchmark.glob("archive/*.yaml")):
         for cell in yaml.safe_load(path.read_text()).get("models", []):
             if not cell.get("class_path", "").endswith(".SimpleNet"):
                 continue
             key = json.dumps(cell.get("init_args", {}), sort_keys=True)
             if key not in seen:
                 seen.add(key)
-                cells[f"{path.stem}: {cell['name']}"] = cell.get("init_args", {})
+                cells[f"{path.relative_to(benchmark).with_suffix('')}: {cell['name']}"] = cell.get("init_args", {})
     return cells
 
 

@@ -46,7 +46,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "poincare_logmap": {"distance": "poincare", "curvature": 0.01, "relative_noise": True},
     "poincare_distance": {"distance": "poincare", "curvature": 0.01, "discriminator_input": "distance"},
     "ensemble": {"ensemble_size": 2},
-    # simplenet_long_confirm.yaml / mt_cpu.yaml: standardised, synthetic x2, 4 heads (here 2), per head
+    # archive/simplenet_long_confirm.yaml / mt_cpu.yaml: standardised, synthetic x2, 4 heads (here 2), per head
     "per_head": {"feature_standardization": True, "noise_std": 0.5, **SYNTHETIC, "ensemble_size": 2,
                  "synthetic_per_head": True},
     "poincare_per_head": {"distance": "poincare", "curvature": 0.01, "feature_standardization": True,
