@@ -9,7 +9,8 @@ then::
     python examples/openvino_inference.py out/weights/openvino/model.xml IMAGES/ --output scored/
 
 writes ``scored/scores.csv`` (file, anomaly score, predicted label) and one overlay PNG per image
-(the anomaly map in red over the grey image). Needs ``openvino``, ``numpy`` and ``Pillow`` only.
+(the anomaly map in red over the grey image). Needs ``openvino``, ``numpy``, ``Pillow`` and this
+package's :mod:`anomalib_hyperbolic.openvino_runtime` (which imports OpenVINO and NumPy only: no torch).
 The exported graph already holds anomalib's pre-processing (resize, normalisation) and
 post-processing (score normalisation, thresholds), so images go in as RGB floats in ``[0, 1]``.
 
@@ -28,6 +29,8 @@ import numpy as np
 import openvino as ov
 from PIL import Image
 
+from anomalib_hyperbolic.openvino_runtime import compile_model, named_outputs
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
@@ -39,8 +42,7 @@ def load_model(model_path: Path, device: str = "CPU", precision: str = "f32") ->
     if not model_path.is_file():
         msg = f"Model file not found: {model_path}"
         raise FileNotFoundError(msg)
-    core = ov.Core()
-    return core.compile_model(core.read_model(model_path), device, {"INFERENCE_PRECISION_HINT": precision})
+    return compile_model(model_path, precision, device)
 
 
 def read_image(path: Path, size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -85,14 +87,12 @@ def score_folder(model_path: Path, images: Path, output: Path, precision: str = 
         msg = f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {images}"
         raise ValueError(msg)
     model = load_model(model_path, precision=precision)
-    names = [next(iter(port.get_names())) for port in model.outputs]
     size = static_input_size(model)
     output.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
     for path in files:
         image, tensor = read_image(path, size)
-        result = model(tensor)
-        values = {name: result[port] for name, port in zip(names, model.outputs, strict=True)}
+        values = named_outputs(model(tensor))
         score = float(np.asarray(values["pred_score"]).reshape(-1)[0])
         label = bool(np.asarray(values["pred_label"]).reshape(-1)[0]) if "pred_label" in values else None
         anomaly_map = np.asarray(values["anomaly_map"]).reshape(np.asarray(values["anomaly_map"]).shape[-2:])

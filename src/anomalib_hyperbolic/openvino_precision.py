@@ -35,12 +35,13 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from anomalib_hyperbolic.openvino_runtime import compile_model, infer, median_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -198,20 +199,9 @@ def load_images(paths: Sequence[str | Path], image_size: int) -> list[np.ndarray
     return arrays
 
 
-def _compile(model: Any, precision: str | None) -> Any:
-    import openvino as ov
-
-    config = {} if precision is None else {"INFERENCE_PRECISION_HINT": precision}
-    return ov.Core().compile_model(model, "CPU", config)
-
-
 def _outputs(compiled: Any, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
     request = compiled.create_infer_request()
-    results = []
-    for image in images:
-        values = request.infer([image])
-        results.append({name: np.array(value) for port, value in values.items() for name in port.get_names()})
-    return results
+    return [infer(request, image) for image in images]
 
 
 def _deviation(reference: list[np.ndarray], other: list[np.ndarray], reduce: Callable = np.max) -> float:
@@ -243,14 +233,7 @@ def reduced_precision_nodes(compiled: Any) -> list[str]:
 
 def _median_ms(compiled: Any, image: np.ndarray, runs: int = 20) -> float:
     request = compiled.create_infer_request()
-    for _ in range(3):
-        request.infer([image])
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        request.infer([image])
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+    return 1000 * median_seconds(lambda: request.infer([image]), runs, warmup=3)
 
 
 #: the top-level modules of an ``AnomalibModule``'s exported graph
@@ -292,7 +275,7 @@ def precision_report(
 
     core = ov.Core()
     base = core.read_model(str(xml))
-    compiled_f32 = _compile(base, "f32")  # the reference outputs and the f32 latency
+    compiled_f32 = compile_model(base, "f32")  # the reference outputs and the f32 latency
     reference = _outputs(compiled_f32, images)
     names = [name for name in (SCORE_OUTPUT, MAP_OUTPUT) if name in reference[0]]
     if scopes is None:
@@ -310,7 +293,7 @@ def precision_report(
             shutil.copy(xml, marked_xml)
             shutil.copy(Path(xml).with_suffix(".bin"), marked_xml.with_suffix(".bin"))
             marked = keep_scopes_in_f32(marked_xml, kept) if kept else 0
-            compiled = _compile(core.read_model(str(marked_xml)), None)
+            compiled = compile_model(core.read_model(str(marked_xml)), None)
         outputs = _outputs(compiled, images)
         row: dict[str, Any] = {
             "f32_scopes": kept,
@@ -339,7 +322,7 @@ def precision_report(
         probed.add_outputs([node.output(0) for node in nodes])
         values = {precision: [] for precision in ("f32", None)}
         for precision, store in values.items():
-            request = _compile(probed, precision).create_infer_request()
+            request = compile_model(probed, precision).create_infer_request()
             for image in images:
                 result = request.infer([image]).to_tuple()
                 offset = len(result) - len(nodes)  # the probes come after the graph's own outputs
