@@ -243,3 +243,33 @@ def test_download_code_path_offline(mt_root: Path, tmp_path: Path, monkeypatch: 
     bad = mt_module.DownloadInfo(name="x", url=info.url, hashsum="0" * 64, filename=info.filename)
     with pytest.raises(ValueError, match="checksum"):
         mt_module.download_magnetic_tile(tmp_path / "other" / "magnetic_tile", bad)
+
+
+def test_items_under_deterministic_augmentations_are_read_once(mt_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long schedule decodes and resizes each image once; random or changed augmentations are read again."""
+    from torchvision.transforms import v2
+
+    from anomalib_hyperbolic.data.datasets import base
+
+    reads: list[str] = []
+    monkeypatch.setattr(base, "read_image_checked", lambda path: reads.append(str(path)) or read_image_checked(path))
+    dataset = MagneticTileDataset(root=mt_root, split="test", augmentations=Resize((32, 32)))
+    first = [dataset[index] for index in range(3)]
+    again = [dataset[index] for index in range(3)]
+    assert len(reads) == 3
+    for kept, fresh in zip(first, again, strict=True):
+        assert torch.equal(kept.image, fresh.image)
+        assert torch.equal(kept.gt_mask, fresh.gt_mask)
+        assert kept is not fresh
+    dataset.augmentations = Resize((16, 16))  # another transform: a miss
+    assert dataset[0].image.shape[-2:] == (16, 16)
+    assert len(reads) == 4
+    dataset.augmentations = v2.Compose([Resize((32, 32)), v2.RandomHorizontalFlip()])  # random: never kept
+    dataset[0], dataset[0]
+    assert len(reads) == 6
+    dataset.item_cache_megabytes = 0  # switched off
+    dataset.augmentations = Resize((32, 32))
+    dataset[1], dataset[1]
+    assert len(reads) == 8
+    assert base.is_deterministic(None)
+    assert not base.is_deterministic(v2.RandomCrop(8))

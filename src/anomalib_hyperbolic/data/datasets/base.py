@@ -8,6 +8,7 @@ The datasets here follow anomalib's convention: a ``samples`` DataFrame with at 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from anomalib.data.datasets.base.image import AnomalibDataset
 from anomalib.data.errors import MisMatchError
 from anomalib.data.utils import LabelName
 from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import to_dtype, to_image
 from torchvision.tv_tensors import Mask
 
@@ -29,6 +31,7 @@ __all__ = [
     "SurfaceDefectDataset",
     "UnreadableImageError",
     "filter_split",
+    "is_deterministic",
     "move_anomalies_to_train",
     "open_checked",
     "pair_by_stem",
@@ -70,6 +73,21 @@ def read_image_checked(path: str | Path) -> torch.Tensor:
     return to_dtype(to_image(rgb), torch.float32, scale=True)
 
 
+#: torchvision transforms whose output is a fixed function of their input
+DETERMINISTIC_TRANSFORMS = (
+    v2.Resize, v2.Normalize, v2.ToDtype, v2.CenterCrop, v2.Grayscale, v2.Identity, v2.ToImage, v2.ToPureTensor
+)  # fmt: skip
+
+
+def is_deterministic(transform: object) -> bool:
+    """Whether ``transform`` (``None``, a ``v2.Compose`` or one v2 transform) maps each input to one output."""
+    if transform is None:
+        return True
+    if isinstance(transform, v2.Compose):
+        return all(is_deterministic(part) for part in transform.transforms)
+    return isinstance(transform, DETERMINISTIC_TRANSFORMS)
+
+
 class SurfaceDefectDataset(AnomalibDataset):
     """``AnomalibDataset`` that reads masks through :meth:`defect_pixels` and names unreadable files.
 
@@ -77,7 +95,17 @@ class SurfaceDefectDataset(AnomalibDataset):
     anti-aliased (values 0-255 along the borders) and NEU-Seg's hold class ids, so subclasses
     decide which pixel values are defects. Everything else (RGB reading, augmentations applied
     jointly to image and mask, ``ImageItem`` output) matches anomalib's base class.
+
+    Items are kept in memory (up to :attr:`item_cache_megabytes`, 0 switches it off) while the
+    augmentations are deterministic (:func:`is_deterministic`, e.g. the ``Resize`` that anomalib adds
+    for the model): a long schedule then decodes and resizes each image once, not once an epoch
+    (Magnetic Tile: about 4 ms an image on one core). The key holds the files, the label and the
+    augmentations' ``repr``, so a changed transform is a miss; random augmentations are never cached.
+    Each DataLoader worker process keeps its own copy.
     """
+
+    #: memory for kept items; 0: read every item from disk each time
+    item_cache_megabytes: float = 2048.0
 
     def defect_pixels(self, mask: np.ndarray) -> np.ndarray:
         """Boolean defect map of a grayscale mask array (default: any non-zero pixel, as anomalib)."""
@@ -92,6 +120,22 @@ class SurfaceDefectDataset(AnomalibDataset):
     def __getitem__(self, index: int) -> ImageItem:
         """Image (3 x H x W float), binary mask for segmentation sets, label and paths of one sample."""
         sample = self.samples.iloc[index]
+        if not self.item_cache_megabytes or not is_deterministic(self.augmentations):
+            return self.read_item(sample)
+        key = (sample.image_path, sample.mask_path, int(sample.label_index), str(self.task), repr(self.augmentations))
+        cache: dict[tuple, ImageItem] = self.__dict__.setdefault("_kept_items", {})
+        item = cache.get(key)
+        if item is None:
+            item = self.read_item(sample)
+            size = sum(t.numel() * t.element_size() for t in (item.image, item.gt_mask) if t is not None)
+            kept = self.__dict__.get("_kept_bytes", 0)
+            if kept + size <= self.item_cache_megabytes * 2**20:
+                cache[key] = item
+                self.__dict__["_kept_bytes"] = kept + size
+        return copy.copy(item)  # a new item around the kept tensors (collation copies them)
+
+    def read_item(self, sample: pd.Series) -> ImageItem:
+        """One sample's item, read from disk and augmented."""
         image_path, mask_path, label_index = sample.image_path, sample.mask_path, int(sample.label_index)
         image = read_image_checked(image_path)
         task = self.task
