@@ -39,6 +39,7 @@ __all__ = [
     "mobius_add",
     "pairwise_poincare_distance",
     "poincare_distance",
+    "poincare_distance_of_tangents",
     "poincare_hyperplane_distance",
     "project_to_ball",
     "validate_curvature",
@@ -265,6 +266,43 @@ def poincare_distance(
         x = project_to_ball(x, c, dim)
         y = project_to_ball(y, c, dim)
         distance = _distance_from_norm(_norm(mobius_add(-x, y, c, dim), dim), c)
+    distance = distance.to(original)
+    return distance if keepdim else distance.squeeze(dim)
+
+
+def poincare_distance_of_tangents(
+    u: torch.Tensor, v: torch.Tensor, c: float | torch.Tensor, dim: int = -1, keepdim: bool = False
+) -> torch.Tensor:
+    """``d_c(exp_0(u), exp_0(v))`` (HypAD eqs. (2) and (4)) in closed form, without the points themselves.
+
+    With ``x = a u``, ``y = b v`` (``a = tanh(sqrt(c) |u|) / (sqrt(c) |u|)``, ``x`` kept inside the ball
+    as :func:`project_to_ball` keeps it), ``||-x (+)_c y||^2 = ||x - y||^2 / (1 - 2c<x,y> + c^2 |x|^2 |y|^2)``;
+    ``||x - y||^2 = a^2 |w|^2 + 2a(a - b)<w,v> + (a - b)^2 |v|^2`` with ``w = u - v``, which stays accurate
+    when ``x ~ y`` (no difference of large squares). Only channel reductions of ``u``, ``v`` and ``w``
+    are formed: an exported graph computes a map of distances without the per-channel Möbius
+    chain of :func:`poincare_distance` (the same values up to rounding; ``2 |u - v|`` for ``c == 0``).
+    """
+    validate_curvature(c)
+    _check_dim(u, dim, "u")
+    original, (u, v) = _upcast(u, v)
+    w = u - v
+    w2 = w.pow(2).sum(dim=dim, keepdim=True)
+    if _is_flat(c):
+        distance = 2.0 * _safe_sqrt(w2)
+    else:
+        c_t = _as_tensor(c, u)
+        sqrt_c = c_t.sqrt()
+        u_norm, v_norm = _norm(u, dim), _norm(v, dim)
+        max_norm = (1.0 - _BALL_EPS.get(u.dtype, 4e-3)) / sqrt_c.clamp_min(_MIN_NORM)
+        a = torch.minimum(_tanh_ratio(sqrt_c * u_norm), max_norm / u_norm)  # exp_0, then project_to_ball
+        b = torch.minimum(_tanh_ratio(sqrt_c * v_norm), max_norm / v_norm)
+        wv = (w * v).sum(dim=dim, keepdim=True)
+        v2 = v_norm.pow(2)
+        x2, y2 = (a * u_norm).pow(2), (b * v_norm).pow(2)
+        xy = a * b * (wv + v2)  # <u, v> = <w, v> + |v|^2
+        difference2 = (a.pow(2) * w2 + 2 * a * (a - b) * wv + (a - b).pow(2) * v2).clamp_min(0)
+        denominator = (1 - 2 * c_t * xy + c_t.pow(2) * x2 * y2).clamp_min(_MIN_NORM)
+        distance = _distance_from_norm(_safe_sqrt(difference2 / denominator), c)
     distance = distance.to(original)
     return distance if keepdim else distance.squeeze(dim)
 

@@ -148,6 +148,7 @@ def test_stability_huge_zero_and_boundary(dtype: torch.dtype, c: float) -> None:
             G.logmap0(G.expmap0(v, c), c),
             G.poincare_distance(G.expmap0(G.clip_features(v), c), G.expmap0(w, c), c),
             G.poincare_distance(v, w, c),
+            G.poincare_distance_of_tangents(v, w, c),
             G.mobius_add(v, w, c),
             G.logmap(v, w, c),
             G.expmap(v, w, c),
@@ -239,3 +240,18 @@ def test_exports_to_onnx_and_openvino(tmp_path: object, c: float) -> None:
         compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         result = compiled(x.numpy())[0]
         np.testing.assert_allclose(result, expected, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("c", [0.0, 1e-9, 1e-4, 0.01, 0.1, 1.0])
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 5.0, 40.0])
+def test_distance_of_tangents_is_the_distance_of_their_exponential_maps(c: float, scale: float) -> None:
+    """The closed form equals d_c(exp_0(u), exp_0(v)) in float64, for near and far pairs, also near the boundary."""
+    generator = torch.Generator().manual_seed(0)
+    u = torch.randn(32, 24, generator=generator, dtype=torch.float64) * scale / 5
+    for v in (u + 1e-3 * torch.randn_like(u), torch.randn_like(u) * scale / 5):
+        expected = G.poincare_distance(G.expmap0(u, c), G.expmap0(v, c), c)
+        actual = G.poincare_distance_of_tangents(u, v, c)
+        # rtol: near the boundary d_c amplifies rounding by about 1 / (1 - c |x|^2) in either computation
+        torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-12)
+    channel_axis = G.poincare_distance_of_tangents(u.T[None], v.T[None], c, dim=1, keepdim=True)
+    torch.testing.assert_close(channel_axis[0, 0], G.poincare_distance_of_tangents(u, v, c))

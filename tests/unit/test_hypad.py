@@ -389,3 +389,32 @@ def test_hyperbolic_path_matches_geoopt(images: tuple[torch.Tensor, torch.Tensor
             raw = (ball.dist(embed(x), embed(y)) / 2).pow(2) / half  # channel mean = (d_c / 2)^2 / C
             expected_map = F.interpolate(F.pad(raw[:, None], (4, 4, 4, 4)), size=(SIZE, SIZE), mode="bilinear")
             torch.testing.assert_close(actual, expected_map, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"clip_radius": math.inf}, {"c": 0.1}, {"discrepancy": "location"}])
+def test_inference_maps_in_closed_form_equal_the_per_channel_discrepancy(
+    images: tuple[torch.Tensor, torch.Tensor], kwargs: dict
+) -> None:
+    """The exported maps (closed-form distances) are the channel means of the training discrepancy."""
+    batch, _ = images
+    _, model = _pair(**kwargs)
+    model.eval()
+    with torch.no_grad():
+        teacher = model._normalize_teacher(model.teacher(batch))
+        student = model.student(batch)
+        ae = model.ae(batch, batch.shape[-2:])
+        expected_st = model.distance(teacher, student[:, :CH]).mean(dim=1, keepdim=True)
+        expected_stae = model.distance(ae, student[:, CH:]).mean(dim=1, keepdim=True)
+        _, map_st = model.compute_student_teacher_distance(batch)
+        raw_st, raw_stae = model.get_maps(batch)
+        _, map_stae = model.compute_maps(batch, student, map_st, normalize=False)
+    torch.testing.assert_close(map_st, expected_st, rtol=1e-4, atol=1e-7)
+    reference_st, reference_stae = (
+        torch.nn.functional.interpolate(
+            torch.nn.functional.pad(m, (4, 4, 4, 4)), size=batch.shape[-2:], mode="bilinear"
+        )
+        for m in (expected_st, expected_stae)
+    )
+    torch.testing.assert_close(raw_st, reference_st, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(raw_stae, reference_stae, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(map_stae, raw_stae)

@@ -15,7 +15,7 @@ from torchvision import transforms as transforms_v1
 from torchvision.transforms import v2
 
 from anomalib_hyperbolic.backbones import IMAGENET_MEAN, IMAGENET_STD, backbone_normalization
-from anomalib_hyperbolic.distributed import all_reduce_sum, is_distributed
+from anomalib_hyperbolic.distributed import all_reduce_sum, is_distributed, shard_loader
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,14 @@ class ChannelMoments:
         self.total: torch.Tensor | None = None
         self.squares: torch.Tensor | None = None
 
+    @classmethod
+    def from_statistics(cls, mean: torch.Tensor, std: torch.Tensor, count: int) -> ChannelMoments:
+        """The moments of ``count`` values per channel with population ``mean`` and ``std`` (any shape, flattened)."""
+        moments = cls()
+        mean, std = mean.detach().double().flatten().cpu(), std.detach().double().flatten().cpu()
+        moments.total, moments.squares, moments.count = count * mean, count * (std**2 + mean**2), count
+        return moments
+
     def update(self, features: torch.Tensor) -> None:
         """Add the values of every position of ``features`` (channel axis 1)."""
         flat = features.detach().double().transpose(0, 1).flatten(1)
@@ -90,6 +98,28 @@ class ChannelMoments:
             raise ValueError(msg)
         mean = self.total / self.count
         return mean, (self.squares / self.count - mean.pow(2)).clamp_min(0).sqrt()
+
+
+class ShardedTeacherStatisticsMixin:
+    """Mixin for an ``EfficientAd`` subclass: its teacher channel mean/std under DDP, every image counted once.
+
+    Each rank passes its shard of the training images to EfficientAd's ``teacher_channel_mean_std``;
+    the shards' first and second moments, weighted by their image counts, are summed over the ranks.
+    (EfficientAd's map quantiles need no such step: every rank computes them from the whole validation
+    split.) In one process it is EfficientAd's method unchanged.
+    """
+
+    def teacher_channel_mean_std(self, dataloader: Any) -> dict[str, torch.Tensor]:
+        """EfficientAd's teacher channel mean and std over all ranks' images."""
+        if not is_distributed():
+            return super().teacher_channel_mean_std(dataloader)  # type: ignore[misc]
+        shard = shard_loader(dataloader)
+        statistics = super().teacher_channel_mean_std(shard)  # type: ignore[misc]
+        count = len(shard.dataset)
+        moments = ChannelMoments.from_statistics(statistics["mean"], statistics["std"], count).all_reduce()
+        mean, std = moments.compute()
+        combined = {"mean": mean, "std": std}
+        return {name: value.view_as(statistics[name]).to(statistics[name]) for name, value in combined.items()}
 
 
 # ---------------------------------------------------------------------------------------------

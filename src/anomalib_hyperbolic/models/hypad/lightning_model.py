@@ -1,7 +1,8 @@
 """HypAD (Li et al., CVPR 2023) as anomalib's ``EfficientAd`` with :class:`HypADModel` (the Poincaré ball).
 
 Inherited from :class:`~anomalib.models.EfficientAd`: teacher download, penalty images, teacher
-statistics, map quantiles, training and validation steps, pre-processor, trainer arguments, pickling.
+statistics (per shard under DDP: ``ShardedTeacherStatisticsMixin``), map quantiles, training and
+validation steps, pre-processor, trainer arguments, pickling.
 Overridden: local or random teacher, no penalty (``imagenet_dir=None``), any batch size, per-step
 decay (HypAD section 4.2: Adam, lr 1e-4, step decay), learnt curvature.
 
@@ -25,11 +26,9 @@ from anomalib.models import AnomalibModule, EfficientAd
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Normalize
 
-from anomalib_hyperbolic.distributed import all_reduce_sum, is_distributed, shard_loader
-from anomalib_hyperbolic.models.components import PortableCheckpointMixin
+from anomalib_hyperbolic.models.components import PortableCheckpointMixin, ShardedTeacherStatisticsMixin
 from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 
 from .schedule import step_decay_scheduler
@@ -41,14 +40,13 @@ logger = logging.getLogger(__name__)
 
 
 # AnomalibModule again as a direct base: anomalib's registry (get_model, list_models) lists direct subclasses only
-class HypAD(F32ScopesExportMixin, PortableCheckpointMixin, EfficientAd, AnomalibModule):
+class HypAD(F32ScopesExportMixin, PortableCheckpointMixin, ShardedTeacherStatisticsMixin, EfficientAd, AnomalibModule):
     """HypAD: EfficientAD's student-teacher-autoencoder trained and scored in the Poincaré ball.
 
     Args:
         model_size: PDN size, ``"small"`` (PDN-S, paper) or ``"medium"``.
         teacher_out_channels: Teacher output channels (384).
-        c: Curvature ``>= 0`` (0.01, HypAD section 4.2); 0 with ``clip_radius=inf`` and
-            ``projection="identity"`` is anomalib's EfficientAd.
+        c: Curvature ``>= 0`` (0.01, section 4.2); 0, ``clip_radius=inf``, ``projection="identity"``: EfficientAd.
         learn_curvature: Learn ``c`` (collapses towards 0, see the model README).
         clip_radius: Feature-clipping radius (2.3, HypAD section 4.2); ``inf`` disables it.
         projection: ``"avgpool"`` (channel pooling before the exponential map) or ``"identity"``.
@@ -58,11 +56,9 @@ class HypAD(F32ScopesExportMixin, PortableCheckpointMixin, EfficientAd, Anomalib
         penalty: ``"unclipped"`` (EfficientAD's penalty before clipping) or ``"clipped"`` (v1).
         teacher_weights: Local PDN teacher file (``torch.load(weights_only=True)``); overrides the next.
         pretrained_teacher: Download anomalib's EfficientAD teacher (``False``: random, tests only).
-        imagenet_dir: Penalty images, ``ImageFolder`` layout (Imagenette downloaded when missing);
-            ``None`` disables the penalty.
+        imagenet_dir: Penalty images (``ImageFolder``; Imagenette downloaded when missing); ``None``: no penalty.
         lr, weight_decay: Adam's, on student and autoencoder (1e-4, 1e-5).
-        lr_decay_at, lr_decay_gamma: The learning rate is multiplied by ``lr_decay_gamma`` (0.1) after
-            ``lr_decay_at`` (0.95) of the training steps.
+        lr_decay_at, lr_decay_gamma: lr times ``lr_decay_gamma`` (0.1) after ``lr_decay_at`` (0.95) of the steps.
         padding, pad_maps, pre_processor, post_processor, evaluator, visualizer: anomalib's EfficientAd
             options (default pre-processor: resize to 256x256; ImageNet normalisation is in the PDNs).
     """
@@ -122,7 +118,7 @@ class HypAD(F32ScopesExportMixin, PortableCheckpointMixin, EfficientAd, Anomalib
         self.pretrained_teacher = pretrained_teacher
         self.lr_decay_at = lr_decay_at
         self.lr_decay_gamma = lr_decay_gamma
-        if self.teacher_weights is not None:  # fail at construction, not after the data is set up
+        if self.teacher_weights is not None:  # fail at construction, not after the data set-up
             load_teacher_weights(self.model.teacher, self.teacher_weights, size.value)
 
     def prepare_pretrained_model(self) -> None:
@@ -151,31 +147,6 @@ class HypAD(F32ScopesExportMixin, PortableCheckpointMixin, EfficientAd, Anomalib
         self.prepare_imagenette_data(next(iter(self.trainer.train_dataloader)).image.shape[-2:])
         if not self.model.is_set(self.model.mean_std):
             self.model.mean_std.update(self.teacher_channel_mean_std(self.trainer.datamodule.train_dataloader()))
-
-    def teacher_channel_mean_std(self, dataloader: DataLoader) -> dict[str, torch.Tensor]:
-        """EfficientAd's teacher channel mean and std; under DDP over this rank's shard, combined over the ranks.
-
-        Each rank passes its shard of the images to EfficientAd's method; the shards' means and second
-        moments, weighted by their image counts, are summed over the ranks (every image counted once).
-        EfficientAd's map quantiles need no such step: it computes them on every rank from the whole
-        validation split (``datamodule.val_dataloader()``), identically.
-        """
-        if not is_distributed():
-            return super().teacher_channel_mean_std(dataloader)
-        shard = shard_loader(dataloader)
-        statistics = super().teacher_channel_mean_std(shard)
-        mean, std = statistics["mean"].double(), statistics["std"].double()
-        count = mean.new_tensor([float(len(shard.dataset))])  # type: ignore[arg-type]
-        packed = all_reduce_sum(torch.cat([count * mean.flatten(), count * (std**2 + mean**2).flatten(), count]))
-        channels = mean.numel()
-        total = packed[-1]
-        mean_all = packed[:channels] / total
-        std_all = (packed[channels:-1] / total - mean_all**2).clamp_min(0.0).sqrt()
-        shape = statistics["mean"].shape
-        return {
-            "mean": mean_all.view(shape).to(statistics["mean"]),
-            "std": std_all.view(shape).to(statistics["std"]),
-        }
 
     def configure_optimizers(self) -> dict[str, Any]:
         """EfficientAd's Adam on student and autoencoder, decayed per step; a learnt ``c`` without weight decay."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, EfficientAdModelSize
 from torch import nn
 
-from anomalib_hyperbolic.geometry import clip_features, validate_curvature
+from anomalib_hyperbolic.geometry import clip_features, poincare_distance_of_tangents, validate_curvature
 
 from .loss import DISCREPANCY_MODES, embed_to_ball, hard_feature_loss, hyperbolic_discrepancy
 
@@ -241,11 +241,30 @@ class HypADModel(EfficientAdModel):
         return self._fixed_c
 
     # ------------------------------------------------------------------ feature pipeline
+    def to_tangent(self, features: torch.Tensor) -> torch.Tensor:
+        """Projection -> clipping to ``r``: the tangent vector at 0 that :meth:`to_ball` maps onto the ball."""
+        return clip_features(self.projection(features), radius=self.clip_radius, dim=1)
+
     def to_ball(self, features: torch.Tensor) -> torch.Tensor:
         """Projection -> clipping to ``r`` -> ``expmap0`` (HypAD Fig. 3, eq. (4) with ``h0 = 0``); per location."""
-        projected = self.projection(features)
-        clipped = clip_features(projected, radius=self.clip_radius, dim=1)
-        return embed_to_ball(clipped, self.curvature, self.discrepancy)
+        return embed_to_ball(self.to_tangent(features), self.curvature, self.discrepancy)
+
+    def location_map(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` channel mean of :meth:`distance` of two feature maps: an anomaly map (inference).
+
+        In the ``"tangent"`` and ``"location"`` modes that mean is ``(d_c / 2)^2 / C`` per location (HypAD
+        eq. (2), :mod:`.loss`), computed in closed form from the tangent vectors
+        (:func:`~anomalib_hyperbolic.geometry.poincare_distance_of_tangents`): channel reductions only,
+        which keeps the exported graph about as cheap as EfficientAD's ``mean((t - s)^2)``. The
+        ``"channel"`` mode takes the channel mean of :meth:`distance`.
+        """
+        if self.discrepancy == "channel":
+            return torch.mean(self.distance(x, y), dim=1, keepdim=True)
+        u, v, c = self.to_tangent(x), self.to_tangent(y), self.curvature
+        if not isinstance(c, torch.Tensor) and c == 0:  # EfficientAD's mean((t - s)^2), bit for bit
+            return torch.mean((u - v).pow(2), dim=1, keepdim=True)
+        half_distance = poincare_distance_of_tangents(u, v, c, dim=1, keepdim=True) / 2
+        return half_distance.pow(2) / u.shape[1]
 
     def ball_discrepancy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-element hyperbolic discrepancy of two maps of points on the ball (HypAD eqs. (2), (6))."""
@@ -301,7 +320,15 @@ class HypADModel(EfficientAdModel):
     # anomalib's ``EfficientAdModel.forward`` calls these three (see ANOMALIB_HOOKS); each network
     # output is mapped to the ball once.
     def compute_student_teacher_distance(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Student output and the student-teacher discrepancy ``D(h_t, h_s)`` (replaces ``(t - s)^2``)."""
+        """Student output and the student-teacher discrepancy ``D(h_t, h_s)`` (replaces ``(t - s)^2``).
+
+        Per element while training (the hard-feature loss ranks them); the ``(B, 1, H, W)`` channel mean
+        (:meth:`location_map`) otherwise, which is all that :meth:`compute_maps` takes from it.
+        """
+        if not self.training:
+            teacher_output = self._normalize_teacher(self.teacher(batch))
+            student_output = self.student(batch)
+            return student_output, self.location_map(teacher_output, student_output[:, : self.teacher_out_channels])
         with torch.no_grad():
             teacher_ball = self.to_ball(self._normalize_teacher(self.teacher(batch)))
         student_output = self.student(batch)
@@ -348,9 +375,8 @@ class HypADModel(EfficientAdModel):
         """
         image_size = batch.shape[-2:]
         with torch.no_grad():
-            ae_ball = self.to_ball(self.ae(batch, image_size))
-            distance_stae = self.ball_discrepancy(ae_ball, self.to_ball(student_output[:, self.teacher_out_channels :]))
-            maps = [torch.mean(distance, dim=1, keepdim=True) for distance in (distance_st, distance_stae)]
+            map_stae = self.location_map(self.ae(batch, image_size), student_output[:, self.teacher_out_channels :])
+            maps = [torch.mean(distance_st, dim=1, keepdim=True), map_stae]
         if self.pad_maps:
             maps = [F.pad(anomaly_map, (4, 4, 4, 4)) for anomaly_map in maps]
         maps = [F.interpolate(anomaly_map, size=image_size, mode="bilinear") for anomaly_map in maps]
