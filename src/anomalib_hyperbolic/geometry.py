@@ -271,39 +271,57 @@ def poincare_distance(
 
 
 def poincare_distance_of_tangents(
-    u: torch.Tensor, v: torch.Tensor, c: float | torch.Tensor, dim: int = -1, keepdim: bool = False
+    u: torch.Tensor,
+    v: torch.Tensor,
+    c: float | torch.Tensor,
+    dim: int = -1,
+    keepdim: bool = False,
+    clip_radius: float = math.inf,
 ) -> torch.Tensor:
-    """``d_c(exp_0(u), exp_0(v))`` (HypAD eqs. (2) and (4)) in closed form, without the points themselves.
+    """``d_c(exp_0(clip_r(u)), exp_0(clip_r(v)))`` (HypAD eqs. (2) and (4)) in closed form, without the points.
 
-    With ``x = a u``, ``y = b v`` (``a = tanh(sqrt(c) |u|) / (sqrt(c) |u|)``, ``x`` kept inside the ball
-    as :func:`project_to_ball` keeps it), ``||-x (+)_c y||^2 = ||x - y||^2 / (1 - 2c<x,y> + c^2 |x|^2 |y|^2)``;
-    ``||x - y||^2 = a^2 |w|^2 + 2a(a - b)<w,v> + (a - b)^2 |v|^2`` with ``w = u - v``, which stays accurate
-    when ``x ~ y`` (no difference of large squares). Only channel reductions of ``u``, ``v`` and ``w``
-    are formed: an exported graph computes a map of distances without the per-channel Möbius
-    chain of :func:`poincare_distance` (the same values up to rounding; ``2 |u - v|`` for ``c == 0``).
+    Clipping (:func:`clip_features`) and the exponential map both scale a vector, so the points are
+    ``x = A u`` and ``y = B v`` with per-vector factors ``A``, ``B`` (``x`` kept inside the ball as
+    :func:`project_to_ball` keeps it); then ``||-x (+)_c y||^2 = ||x - y||^2 / (1 - 2c<x,y> + c^2 |x|^2 |y|^2)``
+    and ``||x - y||^2 = A^2 |w|^2 + 2A(A - B)<w,v> + (A - B)^2 |v|^2`` with ``w = u - v``, which stays
+    accurate when ``x ~ y`` (no difference of large squares). Only four channel reductions of ``u``,
+    ``v`` and ``w`` are formed: an exported graph computes a map of distances without the
+    per-channel clip, exponential-map and Möbius chain of :func:`poincare_distance` (the same values
+    up to rounding; ``2 |u - v|`` for ``c == 0`` without clipping).
     """
     validate_curvature(c)
     _check_dim(u, dim, "u")
+    if not isinstance(clip_radius, int | float) or math.isnan(clip_radius) or clip_radius <= 0:
+        msg = f"Clip radius `clip_radius` must be a number > 0 (or math.inf to disable), got {clip_radius!r}."
+        raise ValueError(msg)
     original, (u, v) = _upcast(u, v)
     w = u - v
     w2 = w.pow(2).sum(dim=dim, keepdim=True)
-    if _is_flat(c):
-        distance = 2.0 * _safe_sqrt(w2)
-    else:
+    if _is_flat(c) and math.isinf(clip_radius):
+        return _squeeze(2.0 * _safe_sqrt(w2), dim, keepdim).to(original)
+    u_norm, v_norm = _norm(u, dim), _norm(v, dim)
+    a, b = u_norm.new_ones(()), v_norm.new_ones(())
+    if not math.isinf(clip_radius):  # clip_r: min(1, r / |u|) u
+        a, b = (clip_radius / u_norm).clamp(max=1.0), (clip_radius / v_norm).clamp(max=1.0)
+    if not _is_flat(c):  # exp_0: tanh(sqrt(c) |u|) / (sqrt(c) |u|), then project_to_ball's bound
         c_t = _as_tensor(c, u)
         sqrt_c = c_t.sqrt()
-        u_norm, v_norm = _norm(u, dim), _norm(v, dim)
         max_norm = (1.0 - _BALL_EPS.get(u.dtype, 4e-3)) / sqrt_c.clamp_min(_MIN_NORM)
-        a = torch.minimum(_tanh_ratio(sqrt_c * u_norm), max_norm / u_norm)  # exp_0, then project_to_ball
-        b = torch.minimum(_tanh_ratio(sqrt_c * v_norm), max_norm / v_norm)
-        wv = (w * v).sum(dim=dim, keepdim=True)
-        v2 = v_norm.pow(2)
-        x2, y2 = (a * u_norm).pow(2), (b * v_norm).pow(2)
-        xy = a * b * (wv + v2)  # <u, v> = <w, v> + |v|^2
-        difference2 = (a.pow(2) * w2 + 2 * a * (a - b) * wv + (a - b).pow(2) * v2).clamp_min(0)
-        denominator = (1 - 2 * c_t * xy + c_t.pow(2) * x2 * y2).clamp_min(_MIN_NORM)
-        distance = _distance_from_norm(_safe_sqrt(difference2 / denominator), c)
-    distance = distance.to(original)
+        a = a * torch.minimum(_tanh_ratio(sqrt_c * a * u_norm), max_norm / (a * u_norm))
+        b = b * torch.minimum(_tanh_ratio(sqrt_c * b * v_norm), max_norm / (b * v_norm))
+    wv = (w * v).sum(dim=dim, keepdim=True)
+    v2 = v_norm.pow(2)
+    difference2 = (a.pow(2) * w2 + 2 * a * (a - b) * wv + (a - b).pow(2) * v2).clamp_min(0)
+    if _is_flat(c):
+        return _squeeze(2.0 * _safe_sqrt(difference2), dim, keepdim).to(original)
+    x2, y2 = (a * u_norm).pow(2), (b * v_norm).pow(2)
+    xy = a * b * (wv + v2)  # <u, v> = <w, v> + |v|^2
+    denominator = (1 - 2 * c_t * xy + c_t.pow(2) * x2 * y2).clamp_min(_MIN_NORM)
+    distance = _distance_from_norm(_safe_sqrt(difference2 / denominator), c)
+    return _squeeze(distance, dim, keepdim).to(original)
+
+
+def _squeeze(distance: torch.Tensor, dim: int, keepdim: bool) -> torch.Tensor:
     return distance if keepdim else distance.squeeze(dim)
 
 

@@ -244,14 +244,18 @@ def test_exports_to_onnx_and_openvino(tmp_path: object, c: float) -> None:
 
 @pytest.mark.parametrize("c", [0.0, 1e-9, 1e-4, 0.01, 0.1, 1.0])
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 5.0, 40.0])
-def test_distance_of_tangents_is_the_distance_of_their_exponential_maps(c: float, scale: float) -> None:
-    """The closed form equals d_c(exp_0(u), exp_0(v)) in float64, for near and far pairs, also near the boundary."""
+@pytest.mark.parametrize("radius", [math.inf, 2.3])
+def test_distance_of_tangents_is_the_distance_of_their_exponential_maps(c: float, scale: float, radius: float) -> None:
+    """The closed form equals d_c(exp_0(clip(u)), exp_0(clip(v))) in float64, near and far pairs, near the boundary."""
     generator = torch.Generator().manual_seed(0)
     u = torch.randn(32, 24, generator=generator, dtype=torch.float64) * scale / 5
     for v in (u + 1e-3 * torch.randn_like(u), torch.randn_like(u) * scale / 5):
-        expected = G.poincare_distance(G.expmap0(u, c), G.expmap0(v, c), c)
-        actual = G.poincare_distance_of_tangents(u, v, c)
+        clipped = [G.clip_features(t, radius) for t in (u, v)]
+        expected = G.poincare_distance(G.expmap0(clipped[0], c), G.expmap0(clipped[1], c), c)
+        actual = G.poincare_distance_of_tangents(u, v, c, clip_radius=radius)
         # rtol: near the boundary d_c amplifies rounding by about 1 / (1 - c |x|^2) in either computation
         torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-12)
-    channel_axis = G.poincare_distance_of_tangents(u.T[None], v.T[None], c, dim=1, keepdim=True)
-    torch.testing.assert_close(channel_axis[0, 0], G.poincare_distance_of_tangents(u, v, c))
+    channel_axis = G.poincare_distance_of_tangents(u.T[None], v.T[None], c, dim=1, keepdim=True, clip_radius=radius)
+    torch.testing.assert_close(channel_axis[0, 0], G.poincare_distance_of_tangents(u, v, c, clip_radius=radius))
+    with pytest.raises(ValueError, match="clip_radius"):
+        G.poincare_distance_of_tangents(u, v, c, clip_radius=0.0)

@@ -391,7 +391,10 @@ def test_hyperbolic_path_matches_geoopt(images: tuple[torch.Tensor, torch.Tensor
             torch.testing.assert_close(actual, expected_map, rtol=1e-7, atol=1e-12)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"clip_radius": math.inf}, {"c": 0.1}, {"discrepancy": "location"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"clip_radius": math.inf}, {"c": 0.1}, {"c": 0.0, "projection": "identity"}, {"discrepancy": "location"}],
+)
 def test_inference_maps_in_closed_form_equal_the_per_channel_discrepancy(
     images: tuple[torch.Tensor, torch.Tensor], kwargs: dict
 ) -> None:

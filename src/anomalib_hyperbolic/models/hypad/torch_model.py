@@ -253,18 +253,18 @@ class HypADModel(EfficientAdModel):
         """``(B, 1, H, W)`` channel mean of :meth:`distance` of two feature maps: an anomaly map (inference).
 
         In the ``"tangent"`` and ``"location"`` modes that mean is ``(d_c / 2)^2 / C`` per location (HypAD
-        eq. (2), :mod:`.loss`), computed in closed form from the tangent vectors
-        (:func:`~anomalib_hyperbolic.geometry.poincare_distance_of_tangents`): channel reductions only,
-        which keeps the exported graph about as cheap as EfficientAD's ``mean((t - s)^2)``. The
-        ``"channel"`` mode takes the channel mean of :meth:`distance`.
+        eq. (2), :mod:`.loss`), computed in closed form from the projected features
+        (:func:`~anomalib_hyperbolic.geometry.poincare_distance_of_tangents`, clipping included):
+        channel reductions only, which keeps the exported graph about as cheap as EfficientAD's
+        ``mean((t - s)^2)``. The ``"channel"`` mode takes the channel mean of :meth:`distance`.
         """
         if self.discrepancy == "channel":
             return torch.mean(self.distance(x, y), dim=1, keepdim=True)
-        u, v, c = self.to_tangent(x), self.to_tangent(y), self.curvature
-        if not isinstance(c, torch.Tensor) and c == 0:  # EfficientAD's mean((t - s)^2), bit for bit
-            return torch.mean((u - v).pow(2), dim=1, keepdim=True)
-        half_distance = poincare_distance_of_tangents(u, v, c, dim=1, keepdim=True) / 2
-        return half_distance.pow(2) / u.shape[1]
+        u, v, c = self.projection(x), self.projection(y), self.curvature
+        if not isinstance(c, torch.Tensor) and c == 0 and math.isinf(self.clip_radius):
+            return torch.mean((u - v).pow(2), dim=1, keepdim=True)  # EfficientAD's map, bit for bit
+        distance = poincare_distance_of_tangents(u, v, c, dim=1, keepdim=True, clip_radius=self.clip_radius)
+        return (distance / 2).pow(2) / u.shape[1]
 
     def ball_discrepancy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-element hyperbolic discrepancy of two maps of points on the ball (HypAD eqs. (2), (6))."""
