@@ -416,3 +416,56 @@ def test_cached_fit_equals_live_fit_and_hits_from_the_second_epoch(mode, tmp_pat
         if epoch >= 1:
             assert epoch_hits > 0, (epoch, counts.epochs)
         previous = (hits, lookups, 0)
+
+
+# ---------------------------------------------------------------------------------------------- defaults, learning type
+def test_constructor_defaults_are_the_defaults_module():
+    """One place for the defaults: every argument's default is DEFAULTS' field of the same name."""
+    import inspect
+
+    from anomalib_hyperbolic.models.hadnet import DEFAULTS
+    from anomalib_hyperbolic.models.hadnet.loss import HADNetLoss as Loss
+
+    fields = set(DEFAULTS.__dataclass_fields__)
+    lightning = {k: v.default for k, v in inspect.signature(HADNet).parameters.items()}
+    assert fields - {"image_size"} <= set(lightning)  # the image size is the pre-processor's
+    assert HADNet.configure_pre_processor().transform.transforms[0].size == list(DEFAULTS.image_size)
+    for cls in (HADNet, HADNetModel, Loss):
+        for name, parameter in inspect.signature(cls).parameters.items():
+            if name in fields:
+                assert parameter.default == getattr(DEFAULTS, name), (cls.__name__, name)
+    # the paper's values (and RealNet's where the paper follows it) stay the defaults
+    assert (DEFAULTS.rho, DEFAULTS.lr, DEFAULTS.color_jitter_p) == (0.01, 1e-3, 0.25)
+    assert (DEFAULTS.num_selected, DEFAULTS.num_residuals) == ((256, 512, 512, 256), 512)
+
+
+def test_learning_type_follows_the_training_mode():
+    """Unsupervised: one-class (normal images only). Supervised: trained on labelled defects, so not ONE_CLASS,
+    and not FEW_SHOT/ZERO_SHOT either, which anomalib's Engine.fit does not train."""
+    from anomalib import LearningType
+
+    from anomalib_hyperbolic.learning_types import SupervisedLearningType
+
+    assert HADNet(**TINY, visualizer=False).learning_type == LearningType.ONE_CLASS
+    supervised = HADNet(**TINY, training_mode="supervised", visualizer=False).learning_type
+    assert supervised == SupervisedLearningType.SUPERVISED
+    assert supervised not in {LearningType.ONE_CLASS, LearningType.ZERO_SHOT, LearningType.FEW_SHOT}
+
+
+def test_training_forward_returns_what_the_loss_takes():
+    """Training forward: logits, reconstructions and targets (the twins' selected features, or the inputs' own)."""
+    torch.manual_seed(0)
+    model = HADNetModel(**TINY).train()
+    normal, anomalous, mask = _square_batch()
+    levels, normal_levels = model.extract(anomalous), model.extract(normal)
+    twin = model(anomalous, levels=levels, normal_levels=normal_levels)
+    alone = model(anomalous, levels=levels)
+    with torch.no_grad():
+        expected_targets = model.select(model.hst(normal_levels))
+    for target, expected in zip(twin["targets"], expected_targets, strict=True):
+        torch.testing.assert_close(target, expected)
+    for target, selected in zip(alone["targets"], alone["selected"], strict=True):
+        torch.testing.assert_close(target, selected.detach())
+        assert not target.requires_grad
+    losses = HADNetLoss()(twin["logits"], mask, twin["reconstructions"], twin["targets"])
+    assert torch.isfinite(losses["loss"])

@@ -20,13 +20,12 @@ of the training split in ``training_mode="supervised"``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.data.utils.generators import PerlinAnomalyGenerator
@@ -44,19 +43,14 @@ from torchvision.transforms import v2
 
 from anomalib_hyperbolic.distributed import DistributedStateMixin, broadcast, shard, world_size
 from anomalib_hyperbolic.feature_cache import FeatureCache
-from anomalib_hyperbolic.geometry import DEFAULT_CLIP_RADIUS
+from anomalib_hyperbolic.learning_types import SupervisedLearningType
 from anomalib_hyperbolic.metrics import CategoryIoU, MIoU
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
 from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 
-from .loss import HADNetLoss, hyperplane_loss
-from .torch_model import (
-    DEFAULT_BACKBONE,
-    DEFAULT_LAYERS,
-    DEFAULT_NUM_RESIDUALS,
-    DEFAULT_NUM_SELECTED,
-    HADNetModel,
-)
+from .defaults import DEFAULTS
+from .loss import HADNetLoss
+from .torch_model import HADNetModel, StageOneBatch
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +83,9 @@ class BackboneLevels(nn.Module):
 
 class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, AnomalibModule):
     """HADNet: hyperbolic geometry enhanced feature filtering network (Feng et al., Sci. Rep. 2025).
+
+    Every default is in :data:`~anomalib_hyperbolic.models.hadnet.defaults.DEFAULTS`, each with its
+    source (the paper, RealNet, or this package's choice where both are silent).
 
     Args:
         backbone: timm name or local weights file of the frozen backbone (default: RealNet's
@@ -139,38 +136,38 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
 
     def __init__(
         self,
-        backbone: str = DEFAULT_BACKBONE,
-        layers: Sequence[str] = DEFAULT_LAYERS,
-        pre_trained: bool = True,
-        num_selected: int | Sequence[int] = DEFAULT_NUM_SELECTED,
-        num_residuals: int = DEFAULT_NUM_RESIDUALS,
-        rho: float = 0.01,
-        clip_radius: float = DEFAULT_CLIP_RADIUS,
-        hidden_ratio: float = 0.5,
-        discriminator_widths: Sequence[int] = (128, 32, 8),
-        score_pool_size: int = 16,
-        selection: str = "afss",
-        residual_selection: str = "ard",
-        afss_target: str = "hyperplane",
-        training_mode: str = "unsupervised",
-        anomaly_source_path: str | Path | None = None,
-        anomaly_probability: float = 0.5,
-        blend_factor: float | tuple[float, float] = (0.2, 1.0),
-        color_jitter_p: float = 0.25,
-        color_jitter: float = 0.2,
-        cache_features: bool = True,
-        lr: float = 1e-3,
-        lr_step_size: int = 50,
-        lr_gamma: float = 0.1,
-        init_batches: int = 16,
-        hst_steps: int = 50,
-        hst_lr: float = 1e-2,
-        seed: int = 0,
-        seg_weight: float = 1.0,
-        dice_weight: float = 1.0,
-        recon_weight: float = 1.0,
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
+        backbone: str | os.PathLike = DEFAULTS.backbone,
+        layers: Sequence[str] = DEFAULTS.layers,
+        pre_trained: bool = DEFAULTS.pre_trained,
+        num_selected: int | Sequence[int] = DEFAULTS.num_selected,
+        num_residuals: int = DEFAULTS.num_residuals,
+        rho: float = DEFAULTS.rho,
+        clip_radius: float = DEFAULTS.clip_radius,
+        hidden_ratio: float = DEFAULTS.hidden_ratio,
+        discriminator_widths: Sequence[int] = DEFAULTS.discriminator_widths,
+        score_pool_size: int = DEFAULTS.score_pool_size,
+        selection: str = DEFAULTS.selection,
+        residual_selection: str = DEFAULTS.residual_selection,
+        afss_target: str = DEFAULTS.afss_target,
+        training_mode: str = DEFAULTS.training_mode,
+        anomaly_source_path: str | Path | None = DEFAULTS.anomaly_source_path,
+        anomaly_probability: float = DEFAULTS.anomaly_probability,
+        blend_factor: float | tuple[float, float] = DEFAULTS.blend_factor,
+        color_jitter_p: float = DEFAULTS.color_jitter_p,
+        color_jitter: float = DEFAULTS.color_jitter,
+        cache_features: bool = DEFAULTS.cache_features,
+        lr: float = DEFAULTS.lr,
+        lr_step_size: int = DEFAULTS.lr_step_size,
+        lr_gamma: float = DEFAULTS.lr_gamma,
+        init_batches: int = DEFAULTS.init_batches,
+        hst_steps: int = DEFAULTS.hst_steps,
+        hst_lr: float = DEFAULTS.hst_lr,
+        seed: int = DEFAULTS.seed,
+        seg_weight: float = DEFAULTS.seg_weight,
+        dice_weight: float = DEFAULTS.dice_weight,
+        recon_weight: float = DEFAULTS.recon_weight,
+        mean: Sequence[float] | None = DEFAULTS.mean,
+        std: Sequence[float] | None = DEFAULTS.std,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -248,7 +245,7 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize to 256x256 (paper); images stay in [0, 1] (the model normalises internally)."""
-        image_size = image_size or (256, 256)
+        image_size = image_size or DEFAULTS.image_size
         return PreProcessor(transform=v2.Compose([v2.Resize(image_size, antialias=True)]))
 
     @staticmethod
@@ -275,8 +272,14 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         return {"gradient_clip_val": 0, "num_sanity_val_steps": 0}
 
     @property
-    def learning_type(self) -> LearningType:
-        """``ONE_CLASS`` (anomalib has no supervised type; ``training_mode`` selects mask supervision)."""
+    def learning_type(self) -> LearningType | SupervisedLearningType:  # type: ignore[override]
+        """``ONE_CLASS`` when unsupervised (normal images only); ``"supervised"`` with ``training_mode="supervised"``.
+
+        The supervised mode trains on labelled defect images and their masks: not anomalib's ``FEW_SHOT``,
+        whose models ``Engine.fit`` does not train (see :mod:`anomalib_hyperbolic.learning_types`).
+        """
+        if self.training_mode == "supervised":
+            return SupervisedLearningType.SUPERVISED
         return LearningType.ONE_CLASS
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
@@ -388,16 +391,6 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
             if empty:
                 return
 
-    @staticmethod
-    def _background_reference(points: Sequence[torch.Tensor], masks: torch.Tensor) -> list[torch.Tensor]:
-        """Normal reference for real anomalies: per image, the mean feature outside the mask."""
-        reference = []
-        for z in points:
-            keep = 1 - (F.interpolate(masks, size=z.shape[-2:], mode="bilinear", align_corners=False) > 0).float()
-            mean = (z * keep).sum(dim=(2, 3), keepdim=True) / keep.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
-            reference.append(mean.expand_as(z))
-        return reference
-
     # ------------------------------------------------------------------ stage 1: HST + AFSS
     def on_train_start(self) -> None:
         """Check transforms, then fit HST statistics / hyperplanes and fix the AFSS selection once.
@@ -440,74 +433,53 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         )
 
     def initialize(self, loader: Any) -> None:
-        """Stage 1 on batches of ``loader``: feature statistics, hyperplanes, AFSS selection."""
+        """Stage 1 on batches of ``loader``: the torch model fits feature statistics, hyperplanes, AFSS selection."""
         model = self.model
         was_training = model.training
         model.eval()
-        state = None
-        for batch in self._cycle(loader, self.init_batches):
-            images = shard(self._images(batch))  # this rank's share of the batch (all of it in one process)
-            if len(images):
-                state = model.update_feature_statistics(images, state, extract=self._levels)
-        if state is None:
-            msg = "HADNet got an empty training dataloader (or fewer images than ranks)."
-            raise ValueError(msg)
-        model.set_feature_statistics([moments.all_reduce() for moments in state])
-
-        if self.selection == "random":
+        model.fit_feature_statistics(self._normal_levels(loader))
+        if self.selection == "random":  # ablation RDR
             model.set_selection([torch.zeros(c) for c in model.channels], mode="random", seed=self.seed)
-            model.train(was_training)
-            return
-
-        if self.afss_target == "hyperplane" and self.hst_steps > 0:
-            params = [*model.hyperplane_offsets, *model.hyperplane_normals, model.hyperplane_log_scales]
-            optimizer = torch.optim.Adam(params, lr=self.hst_lr)
-            with torch.enable_grad(), model.fitting_hyperplanes():
-                for batch in self._cycle(loader, self.hst_steps):
-                    anomalous, masks, normal, jittered = self._anomalous(batch, init=True)
-                    points = model.hst(self._levels(anomalous, self._plain(anomalous, normal, jittered)))
-                    loss = hyperplane_loss(model.hyperplane_logits(points), masks)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-            logger.info("HADNet HST hyperplanes fitted (last loss %.4f).", float(loss.detach()))
-
-        totals = None
-        with torch.no_grad():
-            for batch in self._cycle(loader, self.init_batches):
-                anomalous, masks, normal, jittered = self._anomalous(batch, init=True)
-                anomalous_points = model.hst(self._levels(anomalous, self._plain(anomalous, normal, jittered)))
-                if normal is None:
-                    normal_points = self._background_reference(anomalous_points, masks)
-                else:
-                    normal_points = model.hst(self._levels(normal))
-                losses = model.afss_channel_losses(
-                    normal_points, anomalous_points, target=self.afss_target, masks=masks
-                )
-                totals = losses if totals is None else [t + loss for t, loss in zip(totals, losses, strict=True)]
-        model.set_selection(totals, mode="afss")
+        else:
+            if self.afss_target == "hyperplane" and self.hst_steps > 0:
+                loss = model.fit_hyperplanes(self._stage_one_batches(loader, self.hst_steps, twins=False), self.hst_lr)
+                if loss is not None:
+                    logger.info("HADNet HST hyperplanes fitted (last loss %.4f).", loss)
+            model.fit_selection(self._stage_one_batches(loader, self.init_batches, twins=True), self.afss_target)
         model.train(was_training)
+
+    def _normal_levels(self, loader: Any) -> Iterator[list[torch.Tensor]]:
+        """Backbone levels of ``init_batches`` training batches: this rank's share of each (all in one process)."""
+        for batch in self._cycle(loader, self.init_batches):
+            images = shard(self._images(batch))
+            if len(images):
+                yield self._levels(images)
+
+    def _stage_one_batches(self, loader: Any, count: int, twins: bool) -> Iterator[StageOneBatch]:
+        """``count`` anomalous batches (never jittered) as backbone levels; with ``twins``, their normal twins' too."""
+        for batch in self._cycle(loader, count):
+            anomalous, masks, normal, jittered = self._anomalous(batch, init=True)
+            levels = self._levels(anomalous, self._plain(anomalous, normal, jittered))
+            normal_levels = self._levels(normal) if twins and normal is not None else None
+            yield StageOneBatch(levels, masks, normal_levels)
 
     # ------------------------------------------------------------------ stage 2
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        """Reconstruction + ARD discriminator on anomalous inputs.
+        """Reconstruction + ARD discriminator on anomalous inputs: the torch model's training forward, then the loss.
 
         Backbone levels of plain images come from the feature cache (``cache_features``); jittered
         and synthetic images are computed live.
         """
         del args, kwargs
         anomalous, masks, normal, jittered = self._anomalous(batch, jitter=True)
-        targets: list[torch.Tensor] | None = None
+        normal_levels = None
         if normal is not None:  # the twins first: an input the Perlin generator left as it was hits their entry
-            with torch.no_grad():
-                targets, _ = self.model.forward_features(normal, extract=partial(self._levels, cacheable=~jittered))
-        plain = self._plain(anomalous, normal, jittered)
-        selected, _ = self.model.forward_features(anomalous, extract=partial(self._levels, cacheable=plain))
-        out = self.model.head(selected, anomalous.shape[-2:])
-        recon_masks = None
-        if targets is None:  # supervised: the selected features themselves, outside the mask
-            targets, recon_masks = [s.detach() for s in selected], masks
-        losses = self.loss(out["logits"], masks, out["reconstructions"], targets, recon_masks)
+            normal_levels = self._levels(normal, cacheable=~jittered)
+        levels = self._levels(anomalous, cacheable=self._plain(anomalous, normal, jittered))
+        out = self.model(anomalous, levels=levels, normal_levels=normal_levels)
+        # real anomalies have no normal twin: the reconstruction loss counts the pixels outside their masks
+        recon_masks = masks if normal is None else None
+        losses = self.loss(out["logits"], masks, out["reconstructions"], out["targets"], recon_masks)
         self.log("train_loss", losses["loss"].item(), on_epoch=True, prog_bar=True, logger=True)
         self.log("train_seg_loss", losses["seg_loss"].item(), on_epoch=True, logger=True)
         self.log("train_recon_loss", losses["recon_loss"].item(), on_epoch=True, logger=True)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .defaults import DEFAULTS
+
 
 def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """``1 - Dice`` of ``sigmoid(logits)`` against binary masks, over the whole batch."""
@@ -44,7 +46,12 @@ class HADNetLoss(nn.Module):
         recon_weight: Weight of the feature reconstruction loss.
     """
 
-    def __init__(self, seg_weight: float = 1.0, dice_weight: float = 1.0, recon_weight: float = 1.0) -> None:
+    def __init__(
+        self,
+        seg_weight: float = DEFAULTS.seg_weight,
+        dice_weight: float = DEFAULTS.dice_weight,
+        recon_weight: float = DEFAULTS.recon_weight,
+    ) -> None:
         super().__init__()
         self.seg_weight = seg_weight
         self.dice_weight = dice_weight

@@ -24,7 +24,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,6 @@ from torch import nn
 
 from anomalib_hyperbolic.backbones import backbone_normalization, create_feature_extractor, resolve_backbone
 from anomalib_hyperbolic.geometry import (
-    DEFAULT_CLIP_RADIUS,
     clip_features,
     expmap0,
     poincare_hyperplane_distance,
@@ -41,16 +41,12 @@ from anomalib_hyperbolic.geometry import (
 )
 from anomalib_hyperbolic.models.components import ChannelMoments
 
-# HADNet "Implementation details": RGB mean / std used to normalise images.
-PAPER_MEAN = (0.491, 0.449, 0.410)
-PAPER_STD = (0.231, 0.219, 0.220)
-# RealNet's wide_resnet50_2 structure: layers 1-4 keep 256/512/512/256 channels, RRS keeps 256 + 256.
-#: RealNet's backbone with torchvision's ImageNet weights, as RealNet's code loads them (timm's plain
-#: ``wide_resnet50_2`` tag is ``racm_in1k``, other weights)
-DEFAULT_BACKBONE = "wide_resnet50_2.tv_in1k"
-DEFAULT_LAYERS = ("layer1", "layer2", "layer3", "layer4")
-DEFAULT_NUM_SELECTED = (256, 512, 512, 256)
-DEFAULT_NUM_RESIDUALS = 512
+from .defaults import DEFAULTS, PAPER_MEAN, PAPER_STD
+from .loss import hyperplane_loss
+
+__all__ = ["PAPER_MEAN", "PAPER_STD", "Discriminator", "FeatureAutoencoder", "HADNetModel", "StageOneBatch"]
+
+Levels = list[torch.Tensor]  # the frozen backbone's feature maps phi_i, one per layer
 
 
 def image_normalization(
@@ -66,7 +62,7 @@ def image_normalization(
     (:func:`~anomalib_hyperbolic.backbones.backbone_normalization`, e.g. 0.5/0.5 for EfficientNet-Lite0).
     """
     if mean is None or std is None:
-        paper_arch = DEFAULT_BACKBONE.split(".")[0]
+        paper_arch = DEFAULTS.backbone.split(".")[0]
         if resolve_backbone(backbone).arch.split(".")[0] == paper_arch:
             default_mean, default_std = PAPER_MEAN, PAPER_STD
         else:
@@ -113,6 +109,19 @@ def validate_num_residuals(num_residuals: int, total: int) -> int:
     return num_residuals
 
 
+class StageOneBatch(NamedTuple):
+    """One batch of stage 1 (HST hyperplanes, AFSS) as backbone levels.
+
+    ``anomalous``: the levels of the anomalous images ``G_n``; ``masks``: their ``(B, 1, H, W)``
+    anomaly masks; ``normal``: the levels of their normal twins ``I_n`` (synthetic anomalies), or
+    ``None`` for real anomalies, which have no twin.
+    """
+
+    anomalous: Levels
+    masks: torch.Tensor
+    normal: Levels | None = None
+
+
 class FeatureAutoencoder(nn.Module):
     """Per-layer reconstruction network (CPU-light replacement of RealNet's diffusion UNet).
 
@@ -121,7 +130,7 @@ class FeatureAutoencoder(nn.Module):
     their normal neighbourhood.
     """
 
-    def __init__(self, channels: int, hidden_ratio: float = 0.5) -> None:
+    def __init__(self, channels: int, hidden_ratio: float = DEFAULTS.hidden_ratio) -> None:
         super().__init__()
         hidden = max(8, round(channels * hidden_ratio))
         self.encoder = nn.Sequential(
@@ -149,7 +158,7 @@ class FeatureAutoencoder(nn.Module):
 class Discriminator(nn.Module):
     """Segmentation head on the ARD residual ``Lambda`` -> one anomaly logit per pixel."""
 
-    def __init__(self, in_channels: int, widths: Sequence[int] = (128, 32, 8)) -> None:
+    def __init__(self, in_channels: int, widths: Sequence[int] = DEFAULTS.discriminator_widths) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         previous = in_channels
@@ -185,23 +194,25 @@ class HADNetModel(nn.Module):
         mean: Image normalisation mean (images arrive in ``[0, 1]``); ``None``: the paper's for the paper's
             WideResNet-50 backbone, else the backbone's own (see :func:`image_normalization`).
         std: Image normalisation std; ``None`` as for ``mean``.
+
+    Every default comes from :data:`~.defaults.DEFAULTS`.
     """
 
     def __init__(
         self,
-        backbone: str = DEFAULT_BACKBONE,
-        layers: Sequence[str] = DEFAULT_LAYERS,
-        pre_trained: bool = True,
-        num_selected: int | Sequence[int] = DEFAULT_NUM_SELECTED,
-        num_residuals: int = DEFAULT_NUM_RESIDUALS,
-        rho: float = 0.01,
-        clip_radius: float = DEFAULT_CLIP_RADIUS,
-        hidden_ratio: float = 0.5,
-        discriminator_widths: Sequence[int] = (128, 32, 8),
-        score_pool_size: int = 16,
-        residual_selection: str = "ard",
-        mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None,
+        backbone: str | os.PathLike = DEFAULTS.backbone,
+        layers: Sequence[str] = DEFAULTS.layers,
+        pre_trained: bool = DEFAULTS.pre_trained,
+        num_selected: int | Sequence[int] = DEFAULTS.num_selected,
+        num_residuals: int = DEFAULTS.num_residuals,
+        rho: float = DEFAULTS.rho,
+        clip_radius: float = DEFAULTS.clip_radius,
+        hidden_ratio: float = DEFAULTS.hidden_ratio,
+        discriminator_widths: Sequence[int] = DEFAULTS.discriminator_widths,
+        score_pool_size: int = DEFAULTS.score_pool_size,
+        residual_selection: str = DEFAULTS.residual_selection,
+        mean: Sequence[float] | None = DEFAULTS.mean,
+        std: Sequence[float] | None = DEFAULTS.std,
     ) -> None:
         super().__init__()
         validate_curvature(rho, name="rho")  # 0 = Euclidean
@@ -383,37 +394,106 @@ class HADNetModel(nn.Module):
         logits = F.interpolate(logits, size=tuple(image_size), mode="bilinear", align_corners=False)
         return {"logits": logits, "reconstructions": recon}
 
-    def forward(self, images: torch.Tensor) -> InferenceBatch | dict[str, torch.Tensor]:
-        """Inference: ``InferenceBatch(pred_score, anomaly_map)``; training: see :meth:`head`."""
-        selected, _ = self.forward_features(images)
+    def forward(
+        self,
+        images: torch.Tensor,
+        levels: Sequence[torch.Tensor] | None = None,
+        normal_levels: Sequence[torch.Tensor] | None = None,
+    ) -> InferenceBatch | dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Inference: ``InferenceBatch(pred_score, anomaly_map)``; training: what :class:`~.loss.HADNetLoss` takes.
+
+        Args:
+            images: Images in ``[0, 1]``.
+            levels: The backbone levels of ``images`` when already computed (training takes them from
+                a feature cache); ``None``: :meth:`extract`.
+            normal_levels: Training only: the levels of the images' normal twins ``I_n``, whose
+                selected features are the reconstruction targets; ``None`` (real anomalies, no twin):
+                the selected features themselves, which the loss then compares outside the mask.
+
+        Returns:
+            Training: ``{"logits", "reconstructions", "targets", "selected"}``, the logits ``(B, 1, H, W)``
+            and per layer ``Phi_i``, the targets and ``phi_i``. Eval: the anomaly map (sigmoid of the
+            logits) and the image score (:meth:`score`).
+        """
+        targets = None
+        if self.training and normal_levels is not None:
+            with torch.no_grad():
+                targets = self.select(self.hst(normal_levels))
+        selected, _ = self.forward_features(images, None if levels is None else lambda _: levels)
         out = self.head(selected, images.shape[-2:])
         if self.training:
-            out["selected"] = selected
-            return out
+            targets = [z.detach() for z in selected] if targets is None else targets
+            return {**out, "targets": targets, "selected": selected}
         anomaly_map = torch.sigmoid(out["logits"])
         return InferenceBatch(pred_score=self.score(anomaly_map), anomaly_map=anomaly_map)
 
-    # ---------------------------------------------------------------- initialisation (before training)
+    # ---------------------------------------------------------------- stage 1 (before training)
     @torch.no_grad()
-    def update_feature_statistics(
-        self,
-        images: torch.Tensor,
-        state: list[ChannelMoments] | None,
-        extract: Callable[[torch.Tensor], Sequence[torch.Tensor]] | None = None,
-    ) -> list:
-        """Accumulate per-channel sums over normal images; call :meth:`set_feature_statistics` after.
+    def fit_feature_statistics(self, level_batches: Iterable[Sequence[torch.Tensor]]) -> None:
+        """HST standardisation statistics (eq. 3) from the backbone levels of normal training images.
 
-        ``extract`` stands in for :meth:`extract` as in :meth:`forward_features`.
+        Under DDP each rank passes its shard of the images; the sums are added over the ranks.
+
+        Raises:
+            ValueError: ``level_batches`` is empty.
         """
-        features = (self.extract if extract is None else extract)(images)
-        state = state or [ChannelMoments() for _ in features]
-        for moments, feature in zip(state, features, strict=True):
-            moments.update(feature)
-        return state
+        state: list[ChannelMoments] | None = None
+        for levels in level_batches:
+            state = state or [ChannelMoments() for _ in levels]
+            for moments, feature in zip(state, levels, strict=True):
+                moments.update(feature)
+        if state is None:
+            msg = "HADNet got an empty training dataloader (or fewer images than ranks)."
+            raise ValueError(msg)
+        self.set_feature_statistics([moments.all_reduce() for moments in state])
+
+    def fit_hyperplanes(self, batches: Iterable[StageOneBatch], lr: float) -> float | None:
+        """Fit the HST hyperplanes of eqs. (6)-(7) to the anomaly masks, one Adam step per batch.
+
+        Each layer's hyperplane is a hyperbolic logistic regression (logit = signed distance x a
+        learned scale) trained with class-balanced BCE against the mask; the hyperplanes then give
+        the AFSS target of eq. (10). Returns the last batch's loss (``None`` without batches).
+        """
+        optimizer = torch.optim.Adam(self.hyperplane_parameters(), lr=lr)
+        loss = None
+        with torch.enable_grad(), self.fitting_hyperplanes():
+            for batch in batches:
+                loss = hyperplane_loss(self.hyperplane_logits(self.hst(batch.anomalous)), batch.masks)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        return None if loss is None else float(loss.detach())
+
+    @torch.no_grad()
+    def fit_selection(self, batches: Iterable[StageOneBatch], target: str = "hyperplane") -> None:
+        """AFSS (eqs. 8-10): accumulate every feature map's loss over ``batches``, keep the ``r`` lowest per layer.
+
+        ``target``: ``"hyperplane"`` (HADNet) or ``"mask"`` (RealNet's AFS), see :meth:`afss_channel_losses`.
+        Without a normal twin (real anomalies), ``I_n`` is :meth:`background_reference`.
+        """
+        totals = None
+        for batch in batches:
+            anomalous = self.hst(batch.anomalous)
+            normal = (
+                self.background_reference(anomalous, batch.masks) if batch.normal is None else self.hst(batch.normal)
+            )
+            losses = self.afss_channel_losses(normal, anomalous, target=target, masks=batch.masks)
+            totals = losses if totals is None else [t + loss for t, loss in zip(totals, losses, strict=True)]
+        self.set_selection(totals, mode="afss")
+
+    @staticmethod
+    def background_reference(points: Sequence[torch.Tensor], masks: torch.Tensor) -> list[torch.Tensor]:
+        """``I_n`` for real anomalies (no normal twin): per image, the mean feature outside the mask."""
+        reference = []
+        for z in points:
+            keep = 1 - (F.interpolate(masks, size=z.shape[-2:], mode="bilinear", align_corners=False) > 0).float()
+            mean = (z * keep).sum(dim=(2, 3), keepdim=True) / keep.sum(dim=(2, 3), keepdim=True).clamp_min(1.0)
+            reference.append(mean.expand_as(z))
+        return reference
 
     @torch.no_grad()
     def set_feature_statistics(self, state: list[ChannelMoments]) -> None:
-        """Store the HST standardisation mean / std from :meth:`update_feature_statistics`."""
+        """Store the HST standardisation mean / std, per layer, from its channel moments."""
         for index, moments in enumerate(state):
             mean, std = moments.compute()
             getattr(self, f"feature_mean_{index}").copy_(mean.view(1, -1, 1, 1))
