@@ -303,3 +303,49 @@ def test_defaults_follow_the_official_code() -> None:
     assert rates[9:19] == pytest.approx([2e-5] * 10)
     assert rates[19:29] == pytest.approx([2e-6] * 10)
     assert rates[29] == pytest.approx(2e-7)
+
+
+def test_constructor_defaults_are_the_defaults_module() -> None:
+    """One place for the defaults: every argument's default is DEFAULTS' field of the same name."""
+    import inspect
+
+    from anomalib_hyperbolic.models.dra import DEFAULTS
+    from anomalib_hyperbolic.models.dra.torch_model import NormalityHead, PatchAnomalyHead
+
+    fields = set(DEFAULTS.__dataclass_fields__)
+    for cls in (DRA, DRAModel, DRALoss, DeviationLoss, PatchAnomalyHead, NormalityHead):
+        for name, parameter in inspect.signature(cls).parameters.items():
+            if name in fields:
+                assert parameter.default == getattr(DEFAULTS, name), (cls.__name__, name)
+    assert inspect.signature(NormalityHead).parameters["hidden_dim"].default == DEFAULTS.normality_hidden
+    assert inspect.signature(DeviationLoss).parameters["num_prior"].default == DEFAULTS.num_prior
+    assert DRA.configure_pre_processor().transform.transforms[0].size == list(DEFAULTS.image_size)
+
+
+def test_learning_type_is_supervised_not_few_shot() -> None:
+    """Labelled anomalies: not ONE_CLASS; not FEW_SHOT, which anomalib's Engine.fit does not train."""
+    from anomalib import LearningType
+
+    from anomalib_hyperbolic.learning_types import SupervisedLearningType
+
+    learning_type = DRA(backbone="resnet18", pre_trained=False, visualizer=False).learning_type
+    assert learning_type == SupervisedLearningType.SUPERVISED
+    assert learning_type not in set(LearningType)
+
+
+def test_reference_sampler_draws_distinct_normals_outside_the_batch() -> None:
+    from anomalib_hyperbolic.models.dra import ReferenceSampler
+
+    pool = [0, 2, 3, 5, 7, 8, 9]
+    sampler = ReferenceSampler(pool, num_reference=3, seed=0)
+    draws = [sampler.draw({2, 3}) for _ in range(5)]
+    for drawn in draws:
+        assert len(set(drawn)) == 3
+        assert set(drawn) <= set(pool) - {2, 3}
+    assert len({tuple(drawn) for drawn in draws}) > 1  # a fresh draw per step
+    again = ReferenceSampler(pool, num_reference=3, seed=0)
+    assert [again.draw({2, 3}) for _ in range(5)] == draws  # seeded
+    assert sampler.inference_indices() == again.inference_indices()  # one fixed set
+    assert len(set(sampler.draw(set(pool)))) == 3  # too few outside the batch: drawn from the whole pool
+    with pytest.raises(ValueError, match=r"num_reference=8.*has 7"):
+        ReferenceSampler(pool, num_reference=8, seed=0)

@@ -17,7 +17,6 @@ or ``anomalib train --config configs/dra.yaml``. See ``README.md`` next to this 
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -40,15 +39,11 @@ from anomalib_hyperbolic.models.components import PortableCheckpointMixin, backb
 from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 from anomalib_hyperbolic.synthesis import cutmix_pseudo_anomalies
 
+from .defaults import DEFAULTS
 from .loss import DRALoss
-from .torch_model import DRAModel
+from .torch_model import DRAModel, ReferenceSampler
 
 __all__ = ["DRA"]
-
-logger = logging.getLogger(__name__)
-
-#: torchvision's ImageNet ResNet-18 (the official code's backbone)
-DEFAULT_BACKBONE = "resnet18.tv_in1k"
 
 NO_ANOMALY_MESSAGE = (
     "DRA learns from labelled anomalies, but the training split holds none. Wrap the datamodule in "
@@ -60,6 +55,9 @@ NO_ANOMALY_MESSAGE = (
 
 class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, AnomalibModule):
     """DRA: disentangled representations of seen, pseudo and latent residual abnormalities.
+
+    Every default is in :data:`~anomalib_hyperbolic.models.dra.defaults.DEFAULTS`, each with its source
+    (the paper or the official code).
 
     Args:
         backbone: timm name or local weights file of the shared feature network (ResNet-18 with
@@ -93,22 +91,22 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
 
     def __init__(
         self,
-        backbone: str | os.PathLike = DEFAULT_BACKBONE,
-        layer: str | None = None,
-        pre_trained: bool = True,
-        num_reference: int = 5,
-        top_k_ratio: float = 0.1,
-        num_scales: int = 2,
-        loss: str = "deviation",
-        margin: float = 5.0,
-        pseudo_anomaly_prob: float = 0.5,
-        reference_pseudo_prob: float = 0.5,
-        rotation_degrees: float = 180.0,
-        seed: int = 0,
-        lr: float = 2e-4,
-        weight_decay: float = 1e-5,
-        lr_step_size: int = 10,
-        lr_gamma: float = 0.1,
+        backbone: str | os.PathLike = DEFAULTS.backbone,
+        layer: str | None = DEFAULTS.layer,
+        pre_trained: bool = DEFAULTS.pre_trained,
+        num_reference: int = DEFAULTS.num_reference,
+        top_k_ratio: float = DEFAULTS.top_k_ratio,
+        num_scales: int = DEFAULTS.num_scales,
+        loss: str = DEFAULTS.loss,
+        margin: float = DEFAULTS.margin,
+        pseudo_anomaly_prob: float = DEFAULTS.pseudo_anomaly_prob,
+        reference_pseudo_prob: float = DEFAULTS.reference_pseudo_prob,
+        rotation_degrees: float = DEFAULTS.rotation_degrees,
+        seed: int = DEFAULTS.seed,
+        lr: float = DEFAULTS.lr,
+        weight_decay: float = DEFAULTS.weight_decay,
+        lr_step_size: int = DEFAULTS.lr_step_size,
+        lr_gamma: float = DEFAULTS.lr_gamma,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
@@ -153,10 +151,8 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
         self.lr_step_size = lr_step_size
         self.lr_gamma = lr_gamma
         self._anomalies_seen = 0
-        self._reference_pool: list[int] = []  # dataset indices of the training normals
+        self.references: ReferenceSampler | None = None  # set up from the training split when a fit starts
         self._path_index: dict[str, int] = {}
-        self._reference_generator = torch.Generator()
-        self._warned_overlap = False
         #: Dataset indices of the last step's references and batch (global over the ranks), for inspection.
         self.last_reference_indices: list[int] = []
         self.last_batch_indices: list[int] = []
@@ -172,7 +168,9 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
         The mean/std are timm's for ``backbone`` (:func:`~anomalib_hyperbolic.backbones.backbone_normalization`),
         default DRA's ``resnet18.tv_in1k``: ImageNet's; 0.5/0.5 for ``tf_efficientnet_lite0``.
         """
-        return backbone_pre_processor(image_size or (448, 448), DEFAULT_BACKBONE if backbone is None else backbone)
+        return backbone_pre_processor(
+            image_size or DEFAULTS.image_size, DEFAULTS.backbone if backbone is None else backbone
+        )
 
     def configure_post_processor(self) -> PostProcessor:
         """Anomalib's ``PostProcessor``: min-max normalisation and F1-adaptive thresholds.
@@ -241,7 +239,7 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
         return train_data
 
     def _setup_references(self, train_data: Any) -> None:
-        """Pool of training normals (label 0) and the fixed, seeded inference reference set (eq. 6).
+        """The reference sampler over the training normals (label 0), and the fixed inference references (eq. 6).
 
         Raises:
             ValueError: the training split has fewer normal images than ``num_reference``.
@@ -251,22 +249,11 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
             msg = "DRA draws its reference images from the training dataset's samples table (label_index column)."
             raise ValueError(msg)
         labels = samples["label_index"].astype(int).to_numpy()
-        self._reference_pool = [int(i) for i in (labels == 0).nonzero()[0]]
-        if len(self._reference_pool) < self.num_reference:
-            msg = (
-                f"DRA needs at least num_reference={self.num_reference} normal training images for its reference "
-                f"set; the training split has {len(self._reference_pool)}. Lower num_reference or add normals."
-            )
-            raise ValueError(msg)
+        self.references = ReferenceSampler((labels == 0).nonzero()[0], self.num_reference, self.seed)
         self._train_data = train_data
         self._path_index = {str(path): int(i) for i, path in enumerate(samples["image_path"].astype(str))}
-        self._reference_generator = torch.Generator().manual_seed(self.seed)
-        # Inference: the official evaluation draws a fresh reference batch (with training transforms) for
-        # every test batch, so scores depend on the draw and the batch; we fix one seeded set of N_r distinct
-        # training normals, un-augmented, stored as buffers so that the exported model is self-contained.
-        fixed = torch.Generator().manual_seed(self.seed + 1)
-        order = torch.randperm(len(self._reference_pool), generator=fixed)[: self.num_reference]
-        indices = [self._reference_pool[int(i)] for i in order]
+        # inference: one seeded set, un-augmented, stored as buffers so that the exported model is self-contained
+        indices = self.references.inference_indices()
         self.model.reference_images = broadcast(self._load_images(indices)).detach().clone()
 
     def _load_images(self, indices: Sequence[int]) -> torch.Tensor:
@@ -274,26 +261,6 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
         images = torch.stack([self._train_data[int(i)].image for i in indices]).to(self.device)
         transform = getattr(self.pre_processor, "transform", None)
         return transform(images) if transform is not None else images
-
-    def _draw_reference_indices(self, exclude: set[int]) -> list[int]:
-        """``N_r`` distinct training normals for this step, outside ``exclude`` (the global batch) when possible.
-
-        A fresh draw every step, as the official code (a separate loader of training normals yields a new
-        reference batch per iteration). Seeded; identical on every rank (``exclude`` is the global batch).
-        """
-        candidates = [i for i in self._reference_pool if i not in exclude]
-        if len(candidates) < self.num_reference:
-            if not self._warned_overlap:
-                logger.warning(
-                    "DRA: only %d training normals are outside the batch, fewer than num_reference=%d; the "
-                    "references may include batch images.",
-                    len(candidates),
-                    self.num_reference,
-                )
-                self._warned_overlap = True
-            candidates = self._reference_pool
-        order = torch.randperm(len(candidates), generator=self._reference_generator)[: self.num_reference]
-        return [candidates[int(i)] for i in order]
 
     # -- augmentation ------------------------------------------------------------------------
 
@@ -354,7 +321,7 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
         del args, kwargs
         if batch.gt_label is None:
             raise ValueError(NO_ANOMALY_MESSAGE)
-        if not self._reference_pool:  # training_step called outside Trainer.fit
+        if self.references is None:  # training_step called outside Trainer.fit
             self._setup_references(self._train_dataset())
         images = batch.image
         kinds = batch.gt_label.long().to(images.device).clone()
@@ -362,7 +329,7 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
         local = self._batch_indices(batch)
         global_batch = all_gather_cat(torch.tensor(local, dtype=torch.long, device=self.device))
         self.last_batch_indices = [int(i) for i in global_batch.tolist()]
-        drawn = torch.tensor(self._draw_reference_indices(set(self.last_batch_indices)), device=self.device)
+        drawn = torch.tensor(self.references.draw(set(self.last_batch_indices)), device=self.device)
         self.last_reference_indices = [int(i) for i in broadcast(drawn).tolist()]
         # References: training normals with the training transforms, each a pseudo anomaly with p = 0.5
         # (the official reference loader reads the training set, appendix B.1), the same on every rank.
@@ -380,7 +347,7 @@ class DRA(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixin, 
             seen[key] = seen.get(key, -1) + 1
             keys.append((0, key, seen[key]))
         images, kinds = self._augment(images, kinds, self.pseudo_anomaly_prob, keys)
-        scores = self.model(images, reference)
+        scores = self.model(images, reference)  # DRA eq. (1): the four heads' image scores, pyramid-averaged
         losses = self.loss(scores, kinds)
         for head in ("seen", "pseudo", "residual", "normal"):
             self.log(f"train_loss_{head}", losses[head].detach(), on_epoch=True, on_step=False, logger=True)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .defaults import DEFAULTS
+
 __all__ = ["LOSSES", "BinaryFocalLoss", "DRALoss", "DeviationLoss", "build_loss"]
 
 LOSSES = ("deviation", "bce", "focal")
@@ -23,7 +25,7 @@ class DeviationLoss(nn.Module):
         num_prior: Size of the prior score sample ``r``.
     """
 
-    def __init__(self, margin: float = 5.0, num_prior: int = 5000) -> None:
+    def __init__(self, margin: float = DEFAULTS.margin, num_prior: int = DEFAULTS.num_prior) -> None:
         super().__init__()
         if margin <= 0:
             msg = f"margin must be > 0, got {margin}."
@@ -70,7 +72,7 @@ class _BCE(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
 
 
-def build_loss(name: str, margin: float = 5.0) -> nn.Module:
+def build_loss(name: str, margin: float = DEFAULTS.margin) -> nn.Module:
     """The per-head loss called ``name`` (``deviation``, ``bce`` or ``focal``)."""
     if name == "deviation":
         return DeviationLoss(margin=margin)
@@ -98,7 +100,7 @@ class DRALoss(nn.Module):
         margin: Deviation-loss margin.
     """
 
-    def __init__(self, loss: str = "deviation", margin: float = 5.0) -> None:
+    def __init__(self, loss: str = DEFAULTS.loss, margin: float = DEFAULTS.margin) -> None:
         super().__init__()
         self.criterion = build_loss(loss, margin)
 

@@ -16,6 +16,10 @@ A shared feature network feeds four independent heads (DRA eq. 1):
 Scores of every head are computed on a two-level image pyramid (full and half resolution) and
 averaged (appendix B.1). The anomaly score is ``seen + pseudo + residual - normal``.
 
+Training: :meth:`DRAModel.forward` takes the images and ``N_r`` reference images (which ones:
+:class:`ReferenceSampler`, as the official code draws them) and returns the four heads' image scores,
+which :class:`~.loss.DRALoss` takes.
+
 At inference the mean reference feature maps are buffers (``reference_features_<s>``), computed
 once from the stored ``reference_images`` by :meth:`DRAModel.update_reference_features`, so the
 exported model is self-contained. The anomaly map is the sum of the three abnormality heads'
@@ -25,7 +29,9 @@ image-level method and these maps are coarse (one value per feature-map cell).
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,7 +41,11 @@ from torch import nn
 
 from anomalib_hyperbolic.backbones import create_feature_extractor, feature_layer_names, resolve_backbone
 
-__all__ = ["DRAModel", "NormalityHead", "PatchAnomalyHead", "ResidualAnomalyHead", "top_k_mean"]
+from .defaults import DEFAULTS
+
+__all__ = ["DRAModel", "NormalityHead", "PatchAnomalyHead", "ReferenceSampler", "ResidualAnomalyHead", "top_k_mean"]
+
+logger = logging.getLogger(__name__)
 
 HEADS = ("seen", "pseudo", "residual", "normal")
 
@@ -61,7 +71,7 @@ class PatchAnomalyHead(nn.Module):
     Patch scores are the absolute values of a 1x1 convolution, as in the official code.
     """
 
-    def __init__(self, in_dim: int, top_k_ratio: float = 0.1) -> None:
+    def __init__(self, in_dim: int, top_k_ratio: float = DEFAULTS.top_k_ratio) -> None:
         super().__init__()
         self.scoring = nn.Conv2d(in_dim, 1, kernel_size=1)
         self.top_k_ratio = top_k_ratio
@@ -79,7 +89,7 @@ class PatchAnomalyHead(nn.Module):
 class ResidualAnomalyHead(PatchAnomalyHead):
     """Latent residual abnormality head (DRA eqs. 6-8): top-k MIL on ``mean reference - features``."""
 
-    def __init__(self, in_dim: int, top_k_ratio: float = 0.1) -> None:
+    def __init__(self, in_dim: int, top_k_ratio: float = DEFAULTS.top_k_ratio) -> None:
         super().__init__(in_dim, top_k_ratio)
         self.transform = nn.Sequential(
             nn.Conv2d(in_dim, in_dim, kernel_size=3, padding=1),
@@ -100,7 +110,7 @@ class ResidualAnomalyHead(PatchAnomalyHead):
 class NormalityHead(nn.Module):
     """Holistic normality head (DRA eq. 9): GAP, ``C -> hidden -> 1`` MLP, absolute value."""
 
-    def __init__(self, in_dim: int, hidden_dim: int = 256) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int = DEFAULTS.normality_hidden) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.fc2 = nn.Linear(hidden_dim, 1)
@@ -111,8 +121,65 @@ class NormalityHead(nn.Module):
         return self.fc2(F.relu(self.fc1(pooled))).abs().squeeze(1)
 
 
+class ReferenceSampler:
+    """Which training normals serve as the ``N_r`` reference images of eq. (6).
+
+    Training: a fresh seeded draw every step, as the official code (a separate loader of training
+    normals yields a new reference batch per iteration), of ``N_r`` distinct images outside the step's
+    batch when possible. Inference: one fixed seeded set (the official evaluation draws a new batch per
+    test batch, which makes scores depend on the draw and cannot be exported).
+
+    Args:
+        pool: Dataset indices of the training normals.
+        num_reference: ``N_r``.
+        seed: Seed of the training draws; the inference set uses ``seed + 1``.
+
+    Raises:
+        ValueError: ``pool`` has fewer than ``num_reference`` images.
+    """
+
+    def __init__(self, pool: Sequence[int], num_reference: int, seed: int) -> None:
+        self.pool = [int(index) for index in pool]
+        if len(self.pool) < num_reference:
+            msg = (
+                f"DRA needs at least num_reference={num_reference} normal training images for its reference "
+                f"set; the training split has {len(self.pool)}. Lower num_reference or add normals."
+            )
+            raise ValueError(msg)
+        self.num_reference = num_reference
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.warned_overlap = False
+
+    def inference_indices(self) -> list[int]:
+        """The fixed, seeded set of ``N_r`` distinct training normals used at inference."""
+        order = torch.randperm(len(self.pool), generator=torch.Generator().manual_seed(self.seed + 1))
+        return [self.pool[int(i)] for i in order[: self.num_reference]]
+
+    def draw(self, exclude: set[int]) -> list[int]:
+        """``N_r`` distinct training normals for this step, outside ``exclude`` (the global batch) when possible.
+
+        Seeded; identical on every rank (``exclude`` is the global batch).
+        """
+        candidates = [i for i in self.pool if i not in exclude]
+        if len(candidates) < self.num_reference:
+            if not self.warned_overlap:
+                logger.warning(
+                    "DRA: only %d training normals are outside the batch, fewer than num_reference=%d; the "
+                    "references may include batch images.",
+                    len(candidates),
+                    self.num_reference,
+                )
+                self.warned_overlap = True
+            candidates = self.pool
+        order = torch.randperm(len(candidates), generator=self.generator)[: self.num_reference]
+        return [candidates[int(i)] for i in order]
+
+
 class DRAModel(nn.Module):
     """DRA network: shared feature extractor, four heads, two-level image pyramid.
+
+    Every default comes from :data:`~.defaults.DEFAULTS`.
 
     Args:
         backbone: timm model name or local weights file (see :mod:`anomalib_hyperbolic.backbones`);
@@ -128,13 +195,13 @@ class DRAModel(nn.Module):
 
     def __init__(
         self,
-        backbone: str | os.PathLike = "resnet18.tv_in1k",
-        layer: str | None = None,
-        pre_trained: bool = True,
-        top_k_ratio: float = 0.1,
-        num_scales: int = 2,
-        num_reference: int = 5,
-        normality_hidden: int = 256,
+        backbone: str | os.PathLike = DEFAULTS.backbone,
+        layer: str | None = DEFAULTS.layer,
+        pre_trained: bool = DEFAULTS.pre_trained,
+        top_k_ratio: float = DEFAULTS.top_k_ratio,
+        num_scales: int = DEFAULTS.num_scales,
+        num_reference: int = DEFAULTS.num_reference,
+        normality_hidden: int = DEFAULTS.normality_hidden,
     ) -> None:
         super().__init__()
         if not 0 < top_k_ratio <= 1:
