@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from pathlib import PurePath
 from typing import Any
 
 import torch
@@ -26,6 +25,8 @@ from anomalib.metrics import AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+
+from anomalib_hyperbolic.data.defect_types import defect_type_from_path
 
 __all__ = ["CategoryIoU", "MIoU", "MetricFields", "RawScoreMetrics", "TrainingStepTimer", "threshold_free_metrics"]
 
@@ -120,36 +121,21 @@ class MIoU(AnomalibMetric, _MIoU):  # type: ignore[misc]
     default_fields = ("pred_mask", "gt_mask")
 
 
-#: folder names that hold a dataset's images rather than name a category (Magnetic Tile's ``MT_<Type>/Imgs``)
-_IMAGE_FOLDERS = {"imgs", "images", "img", "image"}
-
-
-def category_from_path(image_path: str) -> str:
-    """The defect type of an image from its path: the nearest folder that is not an image folder.
-
-    ``.../MT_Blowhole/Imgs/exp1_num_4727.jpg`` gives ``Blowhole`` (Magnetic Tile's ``MT_`` prefix
-    dropped); ``.../test/crack/000.png`` (MVTec AD) gives ``crack``.
-    """
-    for folder in reversed(PurePath(str(image_path)).parent.parts):
-        if folder.lower() not in _IMAGE_FOLDERS:
-            return folder.removeprefix("MT_")
-    return ""
-
-
 class _CategoryIoU(Metric):
     """IoU per defect type and its mean over the types (HADNet eqs. 14-15 over defect categories).
 
     Each image's defect type comes from ``category_of(image_path)`` (default
-    :func:`category_from_path`). ``IoU_n = |A ∩ B| / |A ∪ B|`` over the anomalous pixels of the
-    images of type ``n``, accumulated over the test set; the background IoU is that of the normal
-    pixels of every image. The result is the mean over the defect types, and with
-    ``include_background`` over the defect types and the background: the paper's mean over
+    :func:`~anomalib_hyperbolic.data.defect_type_from_path`). ``IoU_n = |A ∩ B| / |A ∪ B|`` over the
+    anomalous pixels of the images of type ``n``, accumulated over the test set; the background IoU
+    is that of the normal pixels of every image. The result is the mean over the defect types, and
+    with ``include_background`` over the defect types and the background: the paper's mean over
     categories, not :class:`MIoU`'s pooled binary IoU, which mixes every type into one class.
 
     Choices, since the predictions are binary (anomalous or not) and the types image-level:
     predicted defect pixels count towards the type of their image; images whose mask is empty (the
-    normal images) have no type, and their false positives lower the background IoU only. An image
-    whose category folder holds several types (NEU-Seg's ``a+b``) is a category of its own.
+    normal images) have no type, and their false positives lower the background IoU only. Data whose
+    paths carry no type (ELPV, NEU-Seg: see :func:`~anomalib_hyperbolic.data.defect_type_from_path`)
+    is one category under the default ``category_of``, i.e. the pooled defect IoU.
     """
 
     full_state_update = False
@@ -166,7 +152,7 @@ class _CategoryIoU(Metric):
         super().__init__(**kwargs)
         self.include_background = include_background
         self.threshold = threshold
-        self.category_of = category_of or category_from_path
+        self.category_of = category_of or defect_type_from_path
         # one row per image: (category id, intersection, union), id -1 for a normal image; summed per id
         self.add_state("rows", default=[], dist_reduce_fx="cat")
         self.add_state("background", default=torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
@@ -244,7 +230,7 @@ class CategoryIoU(AnomalibMetric, _CategoryIoU):  # type: ignore[misc]
         ... )
         >>> metric.update(batch)
         >>> metric.per_category()
-        {'Blowhole': 1.0, 'Crack': 0.5, 'background': 0.8333333333333334}
+        {'blowhole': 1.0, 'crack': 0.5, 'background': 0.8333333333333334}
         >>> round(float(metric.compute()), 4)
         0.75
     """

@@ -42,7 +42,6 @@ import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -53,6 +52,7 @@ from anomalib.data.utils import LabelName
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
 from anomalib_hyperbolic import distributed
+from anomalib_hyperbolic.data.defect_types import defect_type_from_path
 
 __all__ = ["BalancedBatchSampler", "FewShotAnomalies", "FewShotSplit", "anomaly_classes", "sample_few_shot"]
 
@@ -61,8 +61,6 @@ logger = logging.getLogger(__name__)
 PROTOCOLS = ("general", "hard")
 #: ``label`` values that name "anomalous" in general rather than an anomaly class (e.g. ``Folder``).
 _GENERIC_LABELS = {"abnormal", "anomalous", "anomaly", "bad", "defect", "defective", "ng", "1", "1.0", "true"}
-#: Folder names that hold the images of a class rather than name it (e.g. ``MT_Blowhole/Imgs/x.jpg``).
-_IMAGE_FOLDERS = {"imgs", "images", "image", "img", "test", "abnormal"}
 
 
 def anomaly_classes(samples: pd.DataFrame, class_column: str | None = None) -> pd.Series:
@@ -71,8 +69,9 @@ def anomaly_classes(samples: pd.DataFrame, class_column: str | None = None) -> p
     Args:
         samples: An anomalib dataset's ``samples`` DataFrame.
         class_column: Column holding the class. ``None``: the ``label`` column where it names a class
-            (``MVTecAD``: the defect folder), else the image's folder name (skipping folders such as
-            ``Imgs``), so ``Folder(abnormal_dir=["crack", "hole"])`` gets ``crack``/``hole``.
+            (``MVTecAD``: the defect folder), else the type in the image's path
+            (:func:`~anomalib_hyperbolic.data.defect_types.defect_type_from_path`; ``abnormal`` when
+            the path names none), so ``Folder(abnormal_dir=["crack", "hole"])`` gets ``crack``/``hole``.
 
     Returns:
         A string Series aligned with ``samples``.
@@ -87,10 +86,7 @@ def anomaly_classes(samples: pd.DataFrame, class_column: str | None = None) -> p
         return samples[class_column].astype(str)
 
     def from_path(path: str) -> str:
-        for parent in Path(path).parents:
-            if parent.name and parent.name.lower() not in _IMAGE_FOLDERS:
-                return parent.name
-        return "abnormal"
+        return defect_type_from_path(path) or "abnormal"
 
     labels = samples["label"].astype(str) if "label" in samples.columns else pd.Series("", index=samples.index)
     generic = labels.str.lower().isin(_GENERIC_LABELS) | (labels == "")
