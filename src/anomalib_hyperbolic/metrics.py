@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +25,8 @@ import torch
 from anomalib.metrics import AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
+from torchmetrics.classification import MulticlassJaccardIndex
+from torchmetrics.functional.classification import binary_stat_scores
 from torchmetrics.utilities import dim_zero_cat
 
 from anomalib_hyperbolic.data.defect_types import defect_type_from_path
@@ -31,8 +34,30 @@ from anomalib_hyperbolic.data.defect_types import defect_type_from_path
 __all__ = ["CategoryIoU", "MIoU", "MetricFields", "RawScoreMetrics", "TrainingStepTimer", "threshold_free_metrics"]
 
 
-class _MIoU(Metric):
-    """Dataset-level mean IoU of binary masks (HADNet eqs. 14-15).
+def _jaccard_from_confmat(confmat: torch.Tensor, zero_division: float) -> torch.Tensor:
+    """Per-class IoU of an accumulated confusion matrix (rows: true class), by torchmetrics' JaccardIndex."""
+    metric = MulticlassJaccardIndex(
+        num_classes=len(confmat),
+        average="none",
+        zero_division=zero_division,
+        validate_args=False,
+        sync_on_compute=False,
+    )
+    metric.merge_state({"confmat": confmat})  # counts already accumulated (and synchronised) by the caller
+    with warnings.catch_warnings():  # filled by merge_state, not update: torchmetrics' "compute before update" warning
+        warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
+        return metric.compute()
+
+
+class _MIoU(MulticlassJaccardIndex):
+    """Dataset-level mean IoU of binary masks (HADNet eqs. 14-15): torchmetrics' two-class JaccardIndex.
+
+    The confusion matrix of the normal (0) and anomalous (1) pixels is accumulated over the test set
+    (torchmetrics' ``MulticlassJaccardIndex``, ``average="none"``); the mean is taken here so that a
+    class absent from both prediction and truth scores ``absent_score`` and still counts (torchmetrics'
+    ``"macro"`` would leave it out; for two classes both give the same value when ``absent_score`` is 1).
+    torchmetrics divides in float32 (the earlier hand-written version in float64): values differ by at
+    most a float32 rounding.
 
     Args:
         include_background: Average the IoU of the normal and the anomalous class (standard
@@ -42,10 +67,6 @@ class _MIoU(Metric):
         absent_score: IoU of a class with an empty union (absent from both prediction and truth).
     """
 
-    full_state_update = False
-    higher_is_better = True
-    is_differentiable = False
-
     def __init__(
         self,
         include_background: bool = True,
@@ -53,12 +74,10 @@ class _MIoU(Metric):
         absent_score: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(num_classes=2, average="none", zero_division=absent_score, validate_args=False, **kwargs)
         self.include_background = include_background
         self.threshold = threshold
         self.absent_score = absent_score
-        self.add_state("intersection", default=torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("union", default=torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
 
     def _binarise(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if x.dtype == torch.bool:
@@ -71,7 +90,7 @@ class _MIoU(Metric):
         return x != 0
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Accumulate the intersection and union of both classes.
+        """Accumulate the confusion matrix of both classes.
 
         Args:
             preds: Predicted masks (bool/int) or scores (float, binarised at ``threshold``).
@@ -80,19 +99,13 @@ class _MIoU(Metric):
         if preds.numel() != target.numel():
             msg = f"MIoU: prediction {tuple(preds.shape)} and target {tuple(target.shape)} differ in size."
             raise ValueError(msg)
-        pred = self._binarise(preds, "preds").reshape(-1)
-        true = self._binarise(target, "target").reshape(-1)
-        anomalous_inter = (pred & true).sum()
-        anomalous_union = (pred | true).sum()
-        normal_inter = (~pred & ~true).sum()
-        normal_union = (~pred | ~true).sum()
-        self.intersection += torch.stack([normal_inter, anomalous_inter]).to(self.intersection)
-        self.union += torch.stack([normal_union, anomalous_union]).to(self.union)
+        pred = self._binarise(preds, "preds").reshape(-1).long()
+        true = self._binarise(target, "target").reshape(-1).long()
+        super().update(pred, true)
 
     def per_class(self) -> torch.Tensor:
         """IoU of the (normal, anomalous) classes (eq. 14)."""
-        absent = torch.full_like(self.union, self.absent_score)
-        return torch.where(self.union > 0, self.intersection / self.union.clamp_min(1), absent)
+        return super().compute()
 
     def compute(self) -> torch.Tensor:
         """Mean IoU (eq. 15)."""
@@ -131,6 +144,11 @@ class _CategoryIoU(Metric):
     with ``include_background`` over the defect types and the background: the paper's mean over
     categories, not :class:`MIoU`'s pooled binary IoU, which mixes every type into one class.
 
+    This is torchmetrics' multiclass JaccardIndex (``average="none"``) where a pixel's class is
+    background or its image's type: every image's confusion counts (torchmetrics'
+    ``binary_stat_scores``) are kept per type, since the types are only known once seen, and reduced
+    by ``MulticlassJaccardIndex`` in :meth:`per_category`.
+
     Choices, since the predictions are binary (anomalous or not) and the types image-level:
     predicted defect pixels count towards the type of their image; images whose mask is empty (the
     normal images) have no type, and their false positives lower the background IoU only. Data whose
@@ -153,9 +171,8 @@ class _CategoryIoU(Metric):
         self.include_background = include_background
         self.threshold = threshold
         self.category_of = category_of or defect_type_from_path
-        # one row per image: (category id, intersection, union), id -1 for a normal image; summed per id
+        # one row per image: (category id, tp, fp, tn, fn), id -1 for a normal image; summed per id
         self.add_state("rows", default=[], dist_reduce_fx="cat")
-        self.add_state("background", default=torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
         self.names: dict[int, str] = {}
 
     def _category_id(self, name: str) -> int:
@@ -173,28 +190,30 @@ class _CategoryIoU(Metric):
             raise ValueError(msg)
         pred = (preds if preds.dtype == torch.bool else preds > self.threshold).reshape(preds.shape[0], -1)
         true = (target if target.dtype == torch.bool else target > 0.5).reshape(target.shape[0], -1)
-        self.background += torch.stack([(~pred & ~true).sum(), (~pred | ~true).sum()]).to(self.background)
-        for index, path in enumerate(image_path):
-            if not true[index].any():  # a normal image: a row of no category (-1), so no rank's list stays empty
-                row = torch.tensor([-1, 0, 0], dtype=torch.int64)
-            else:
-                inter, union = (pred[index] & true[index]).sum(), (pred[index] | true[index]).sum()
-                category = self._category_id(self.category_of(path))
-                row = torch.tensor([category, int(inter), int(union)], dtype=torch.int64)
-            self.rows.append(row.to(self.background.device))
+        counts = binary_stat_scores(pred.long(), true.long(), multidim_average="samplewise", validate_args=False)
+        # a normal image is a row of no category (-1), so no rank's list stays empty
+        ids = [self._category_id(self.category_of(path)) if true[i].any() else -1 for i, path in enumerate(image_path)]
+        ids_column = torch.tensor(ids, dtype=torch.int64, device=counts.device).unsqueeze(1)
+        self.rows.append(torch.cat([ids_column, counts[:, :4].to(torch.int64)], dim=1))
 
     def per_category(self) -> dict[str, float]:
         """IoU of every defect type seen, and of the background (key ``"background"``)."""
-        # a list of rows while accumulating, one flat tensor once synchronised across ranks
+        # a list of row blocks while accumulating, one flat tensor once synchronised across ranks
         empty = isinstance(self.rows, list) and not self.rows
-        rows = torch.zeros(0, 3, dtype=torch.int64) if empty else dim_zero_cat(self.rows).reshape(-1, 3)
-        rows = rows[rows[:, 0] >= 0]
-        result = {}
-        for identifier in sorted(set(rows[:, 0].tolist()), key=lambda key: self.names.get(key, str(key))):
-            selected = rows[rows[:, 0] == identifier]
-            result[self.names.get(identifier, str(identifier))] = float(selected[:, 1].sum() / selected[:, 2].sum())
-        inter, union = self.background.tolist()
-        result["background"] = inter / union if union else 1.0
+        rows = torch.zeros(0, 5, dtype=torch.int64) if empty else dim_zero_cat(self.rows).reshape(-1, 5).cpu()
+        identifiers = sorted(set(rows[:, 0].tolist()) - {-1}, key=lambda key: self.names.get(key, str(key)))
+        # classes: 0 background, 1..K the types, K + 1 the false positives of normal images (no type)
+        unknown = len(identifiers) + 1
+        confmat = torch.zeros(unknown + 1, unknown + 1, dtype=torch.int64)
+        for category_id, tp, fp, tn, fn in rows.tolist():
+            index = identifiers.index(category_id) + 1 if category_id >= 0 else unknown
+            confmat[0, 0] += tn
+            confmat[0, index] += fp
+            confmat[index, 0] += fn
+            confmat[index, index] += tp
+        iou = _jaccard_from_confmat(confmat, zero_division=1.0).tolist()
+        result = {self.names.get(key, str(key)): iou[index] for index, key in enumerate(identifiers, start=1)}
+        result["background"] = iou[0]
         return result
 
     def compute(self) -> torch.Tensor:
@@ -229,8 +248,8 @@ class CategoryIoU(AnomalibMetric, _CategoryIoU):  # type: ignore[misc]
         ...     image_path=["MT_Blowhole/Imgs/a.jpg", "MT_Crack/Imgs/b.jpg"],
         ... )
         >>> metric.update(batch)
-        >>> metric.per_category()
-        {'blowhole': 1.0, 'crack': 0.5, 'background': 0.8333333333333334}
+        >>> {name: round(iou, 4) for name, iou in metric.per_category().items()}
+        {'blowhole': 1.0, 'crack': 0.5, 'background': 0.8333}
         >>> round(float(metric.compute()), 4)
         0.75
     """
