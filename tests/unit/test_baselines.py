@@ -162,8 +162,25 @@ def test_unet_refuses_weights_that_do_not_fit(tmp_path: Path) -> None:
         _unet(bce_weight=0.0, dice_weight=0.0)
 
 
+def test_unet_loss_is_bce_plus_batch_dice() -> None:
+    """smp's SoftBCEWithLogitsLoss + binary DiceLoss give the written definition, 0 Dice for an all-normal batch."""
+    torch.manual_seed(0)
+    model = _unet(bce_weight=0.7, dice_weight=1.3)
+    logits = torch.randn(3, 1, SIZE, SIZE) * 4
+    for masks in ((torch.rand(3, 1, SIZE, SIZE) < 0.1).float(), torch.zeros(3, 1, SIZE, SIZE)):
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, masks)
+        probabilities = torch.sigmoid(logits)
+        dice = 1 - 2 * (probabilities * masks).sum() / (probabilities.sum() + masks.sum())
+        expected = 0.7 * bce + 1.3 * dice * (masks.sum() > 0)
+        assert model.segmentation_loss(logits, masks).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_unet_learns_the_masks() -> None:
-    """A few Adam steps on one batch: the loss falls and the map ranks defect pixels of new images first."""
+    """Adam steps on one batch: the loss falls and the map ranks defect pixels of new images first.
+
+    40 steps: at 25 the AUROC of this toy run still swung between 0.72 and 0.96 with the seed or a
+    float rounding in the loss (the hand-written and smp losses alike); at 40 it is 0.94-0.99.
+    """
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     model = _unet(lr=3e-3)
@@ -172,7 +189,7 @@ def test_unet_learns_the_masks() -> None:
     optimizer = model.configure_optimizers()
     model.train()
     losses = []
-    for _ in range(25):
+    for _ in range(40):
         loss = model.training_step(batch)["loss"]
         optimizer.zero_grad()
         loss.backward()

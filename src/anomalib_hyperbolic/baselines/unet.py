@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from anomalib.data import Batch, InferenceBatch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
@@ -174,6 +173,14 @@ class UNetSegmentation(PortableCheckpointMixin, AnomalibModule):
         self.weight_decay = weight_decay
         self.bce_weight = bce_weight
         self.dice_weight = dice_weight
+        from segmentation_models_pytorch.losses import DiceLoss, SoftBCEWithLogitsLoss
+
+        # The mean pixel-wise BCE (no ignored label), and smp's binary Dice: one soft Dice over every pixel of
+        # the batch (dims (0, 2)), ``1 - 2 |P M| / (|P| + |M|)`` with the denominator clamped at 1e-6 and 0 for a
+        # batch without defect pixels. Identical to the earlier hand-written loss for 0/1 masks, up to float
+        # rounding: smp takes the probabilities as exp(logsigmoid) and the intersection as (|P| + |M| - |P - M|) / 2.
+        self.bce_loss = SoftBCEWithLogitsLoss(ignore_index=None)
+        self.dice_loss = DiceLoss(mode="binary", from_logits=True, smooth=0.0, eps=1e-6)
 
     @staticmethod
     def training_masks(batch: Batch) -> torch.Tensor:
@@ -194,13 +201,7 @@ class UNetSegmentation(PortableCheckpointMixin, AnomalibModule):
 
     def segmentation_loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """``bce_weight * BCE + dice_weight * (1 - Dice)``; Dice over the whole batch, 0 for an all-normal batch."""
-        bce = F.binary_cross_entropy_with_logits(logits, masks)
-        probabilities = torch.sigmoid(logits)
-        intersection = (probabilities * masks).sum()
-        cardinality = probabilities.sum() + masks.sum()
-        dice = 1 - (2 * intersection) / cardinality.clamp_min(1e-6)
-        dice = dice * (masks.sum() > 0)
-        return self.bce_weight * bce + self.dice_weight * dice
+        return self.bce_weight * self.bce_loss(logits, masks) + self.dice_weight * self.dice_loss(logits, masks)
 
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """BCE + Dice between the U-Net logits and the batch's masks."""
