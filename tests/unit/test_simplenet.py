@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from anomalib.data import InferenceBatch
 
 from anomalib_hyperbolic.models import SimpleNet
 from anomalib_hyperbolic.models.simplenet import ExtendedSimpleNetModel, SimpleNetModel, TruncatedL1Loss, build_model
@@ -43,6 +44,15 @@ def _train_step(module: SimpleNet, images: torch.Tensor) -> tuple[torch.Tensor, 
     return module.training_step(_Batch(images))["loss"], logged
 
 
+def _batch_independent(model: SimpleNetModel) -> SimpleNetModel:
+    """The model in training mode with its batch norms on running statistics: every score independent of the batch."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.eval()
+    return model
+
+
 class _RecordingLoss(TruncatedL1Loss):
     """The truncated L1 loss, keeping each call's normal and anomalous scores."""
 
@@ -73,6 +83,35 @@ def test_shapes_train_and_eval(distance, discriminator_input):
     assert out.pred_score.shape == (2,)
     assert out.anomaly_map.shape == (2, 1, 64, 64)
     assert torch.isfinite(out.anomaly_map).all()
+
+
+def test_training_forward_returns_each_head_s_scores():
+    """The torch model owns Algorithm 1: training forward -> one HeadScores per head, what the loss takes."""
+    from anomalib_hyperbolic.models.simplenet import HeadScores
+
+    model = tiny_model(ensemble_size=2).train()
+    images = torch.randn(2, 3, 64, 64)
+    calls = []
+
+    def extract(batch):  # stands in for the feature cache
+        calls.append(batch)
+        return model.feature_extractor(batch)
+
+    synthetic = [torch.randn(5, 32), torch.randn(3, 32)]
+    heads = model(images, extract=extract, synthetic=synthetic)
+    assert len(calls) == 1
+    assert calls[0] is images
+    assert all(isinstance(head, HeadScores) for head in heads)
+    assert [(h.normal.shape, h.noisy.shape, h.synthetic.shape) for h in heads] == [
+        ((128,), (128,), (5,)),
+        ((128,), (128,), (3,)),
+    ]
+    loss = sum(TruncatedL1Loss()(head.normal, head.anomalous) for head in heads)
+    loss.backward()
+    assert all(p.grad is not None for adaptor, _ in model.heads() for p in adaptor.parameters())
+    plain = model(images)  # the paper: the noisy features only
+    assert [h.synthetic.numel() for h in plain] == [0, 0]
+    assert isinstance(model.eval()(images), InferenceBatch)
 
 
 def test_paper_arguments_build_the_paper_class():
@@ -658,7 +697,7 @@ def test_training_step_adds_the_features_under_the_synthetic_masks():
     assert normal.shape == (2 * 8 * 8,)
     assert anomalous.shape == (2 * 8 * 8 + 2 * 2 * 8,)  # noise per normal feature + two covered rows in 2 of 4 copies
     # the synthetic part holds exactly the covered cells' scores (eval: batch-independent discriminator)
-    model = module.model.eval()
+    model = _batch_independent(module.model)
     module.loss.calls.clear()
     module.training_step(_Batch(images))
     with torch.no_grad():
@@ -762,7 +801,7 @@ def test_ensemble_training_step_gives_every_head_its_own_loss_and_noise():
     assert [(n.shape, a.shape) for n, a in module.loss.calls] == [((128,), (128,))] * 2
     torch.testing.assert_close(loss.detach(), sum(TruncatedL1Loss()(n, a) for n, a in module.loss.calls))
     # eval mode (batch-independent discriminators): each call holds its own head's D(q) and D(q-)
-    model = module.model.eval()
+    model = _batch_independent(module.model)
     module.loss.calls.clear()
     torch.manual_seed(3)
     module.training_step(_Batch(images))
@@ -781,7 +820,7 @@ def test_synthetic_per_head_gives_each_head_its_own_group():
     masks_made = _controlled_defects(module)
     module.loss = _RecordingLoss()
     images = torch.randn(2, 3, 64, 64)
-    module.model.eval()  # batch-independent discriminators
+    _batch_independent(module.model)
     module.training_step(_Batch(images))
     assert masks_made[0].shape[0] == 2 * 2  # heads x copies x images
     model = module.model

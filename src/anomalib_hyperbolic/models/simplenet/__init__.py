@@ -4,11 +4,12 @@ from .defaults import DEFAULTS, SimpleNetDefaults
 from .extensions import ExtendedSimpleNetModel, build_model
 from .lightning_model import SimpleNet
 from .loss import TruncatedL1Loss
-from .torch_model import SimpleNetModel
+from .torch_model import HeadScores, SimpleNetModel
 
 __all__ = [
     "DEFAULTS",
     "ExtendedSimpleNetModel",
+    "HeadScores",
     "SimpleNet",
     "SimpleNetDefaults",
     "SimpleNetModel",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -278,35 +279,26 @@ class SimpleNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointM
         return self.feature_cache(images, content_keys)  # type: ignore[return-value]
 
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
-        """SimpleNet's Algorithm 1 on one batch, for every head: adapt, add noise, discriminate, truncated L1.
+        """SimpleNet's Algorithm 1 on one batch: the torch model's scores per head, the truncated L1 loss.
 
-        Every head gets the same normal features, its own draw of the eq. (6) noise and (with
-        ``synthetic_anomalies``) the features under its synthetic defects; the step's loss is the sum
-        of the heads' eq. (8) losses, so each head trains exactly as a lone SimpleNet would.
+        The features come from the feature cache where it is on, and (with ``synthetic_anomalies``)
+        every head also gets the features under its synthetic defects. The step's loss is the sum of
+        the heads' eq. (8) losses, so each head trains exactly as a lone SimpleNet would.
         """
         del args, kwargs
         images = batch.image
-        heads = self.model.heads()
         # each image's content key, hashed once for the feature cache and the synthetic pool
         keys = image_keys(images) if self.feature_cache is not None or self.synthetic_pool is not None else None
-        features = self.model.features_of(self.extract(images, keys))  # o = F(x), eq. (4): frozen, cached
-        synthetic = self.synthetic_features(images, len(heads), keys)
-        loss: torch.Tensor | int = 0
-        hits: dict[str, list[torch.Tensor]] = {"p_true": [], "p_fake": [], "p_synthetic": []}
-        for index, (adaptor, discriminator) in enumerate(heads):
-            adapted = adaptor(features).flatten(0, -2)  # q = G(o), eq. (5)
-            anomalous = [self.model.anomalous(adapted)]  # q- = q + eps, eq. (6)
-            if synthetic is not None:
-                anomalous.append(adaptor(synthetic[index]))
-            # one discriminator batch, as in the official code: batch-norm statistics cover every feature
-            scores = self.model.normality(torch.cat([adapted, *anomalous]), discriminator)
-            normal_scores, anomalous_scores = scores[: len(adapted)], scores[len(adapted) :]
-            loss = loss + self.loss(normal_scores, anomalous_scores)  # SimpleNet eqs. (7)-(8)
-            normal_hits, anomalous_hits = self.loss.on_margin(normal_scores, anomalous_scores)
-            hits["p_true"].append(normal_hits)
-            hits["p_fake"].append(anomalous_hits[: len(adapted)])
-            hits["p_synthetic"].append(anomalous_hits[len(adapted) :])
+        synthetic = self.synthetic_features(images, len(self.model.heads()), keys)
+        heads = self.model(images, extract=partial(self.extract, content_keys=keys), synthetic=synthetic)
+        loss = sum(self.loss(head.normal, head.anomalous) for head in heads)  # SimpleNet eqs. (7)-(8) per head
         self.log("train_loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, logger=True)
+        hits: dict[str, list[torch.Tensor]] = {"p_true": [], "p_fake": [], "p_synthetic": []}
+        for head in heads:
+            normal_hits, anomalous_hits = self.loss.on_margin(head.normal, head.anomalous)
+            hits["p_true"].append(normal_hits)
+            hits["p_fake"].append(anomalous_hits[: len(head.normal)])
+            hits["p_synthetic"].append(anomalous_hits[len(head.normal) :])
         for name, parts in hits.items():
             shares = torch.cat(parts)
             if shares.numel():  # p_synthetic: only with synthetic defects that cover a cell this step

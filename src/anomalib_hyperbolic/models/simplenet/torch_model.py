@@ -9,21 +9,22 @@
 * ``F_phi``: :class:`~.feature_extractor.SimpleNetFeatureExtractor` (eqs. 1-4, frozen backbone).
 * ``G_theta``: one bias-free linear layer, equal in/out dims (eq. 5).
 * ``D_psi``: :class:`Discriminator`, ``Linear -> BatchNorm1d -> LeakyReLU(0.2) -> Linear``.
-* Training (Algorithm 1, eqs. 7-8) is :meth:`SimpleNet.training_step
-  <anomalib_hyperbolic.models.simplenet.lightning_model.SimpleNet.training_step>`, which uses
-  :meth:`SimpleNetModel.features`, :meth:`~SimpleNetModel.heads`, :meth:`~SimpleNetModel.anomalous`
-  and :meth:`~SimpleNetModel.normality`.
+* Training (Algorithm 1): :meth:`SimpleNetModel.forward` in training mode returns the discriminator's
+  scores of ``q`` and ``q-`` per head (:class:`HeadScores`); the truncated L1 loss of eqs. (7)-(8)
+  (:class:`~.loss.TruncatedL1Loss`) takes them, in :meth:`SimpleNet.training_step
+  <anomalib_hyperbolic.models.simplenet.lightning_model.SimpleNet.training_step>`.
 
-Those four methods, :meth:`~SimpleNetModel.new_head` and :meth:`~SimpleNetModel.patch_scores` are
-the places where the options beyond the paper plug in (:mod:`.extensions`, :mod:`.poincare`); this
-class knows none of them.
+:meth:`~SimpleNetModel.standardize`, :meth:`~SimpleNetModel.heads`, :meth:`~SimpleNetModel.anomalous`,
+:meth:`~SimpleNetModel.new_head` and :meth:`~SimpleNetModel.patch_scores` are the places where the
+options beyond the paper plug in (:mod:`.extensions`, :mod:`.poincare`); this class knows none of them.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +35,39 @@ from torch import nn
 from .defaults import DEFAULTS, IMAGE_SCORES, require_choice, require_positive_int
 from .feature_extractor import AdaptiveAvgPoolChannels, SimpleNetFeatureExtractor
 
-__all__ = ["AdaptiveAvgPoolChannels", "Discriminator", "SimpleNetFeatureExtractor", "SimpleNetModel", "init_linear"]
+__all__ = [
+    "AdaptiveAvgPoolChannels",
+    "Discriminator",
+    "HeadScores",
+    "SimpleNetFeatureExtractor",
+    "SimpleNetModel",
+    "init_linear",
+]
 
 Head = tuple[nn.Linear, "Discriminator"]
+
+
+class HeadScores(NamedTuple):
+    """One head's discriminator outputs on a training batch: what the loss of eqs. (7)-(8) takes.
+
+    ``normal`` is ``D(q)`` of every normal feature, ``(N,)``; ``anomalous`` is ``D(q-)``: first the
+    ``N`` features with eq. (6)'s noise, then (with synthetic defects) the ``M`` synthetic-defect
+    features, ``(N + M,)``. All came from one discriminator batch (as in the official code, the
+    batch-norm statistics cover every feature).
+    """
+
+    normal: torch.Tensor
+    anomalous: torch.Tensor
+
+    @property
+    def noisy(self) -> torch.Tensor:
+        """``D(q + eps)`` of the eq. (6) anomalous features, ``(N,)``."""
+        return self.anomalous[: len(self.normal)]
+
+    @property
+    def synthetic(self) -> torch.Tensor:
+        """``D`` of the synthetic-defect features, ``(M,)`` (empty without them)."""
+        return self.anomalous[len(self.normal) :]
 
 
 def init_linear(module: nn.Module) -> None:
@@ -177,6 +208,44 @@ class SimpleNetModel(nn.Module):
         source = patch_scores if self.image_score == "patch_max" else anomaly_map
         return InferenceBatch(pred_score=source.flatten(1).amax(dim=1), anomaly_map=anomaly_map)  # SimpleNet eq. (11)
 
-    def forward(self, images: torch.Tensor) -> InferenceBatch:
-        """Image scores and anomaly maps of ``(B, 3, H, W)`` images, eqs. (9)-(11)."""
+    def training_scores(
+        self, features: torch.Tensor, synthetic: Sequence[torch.Tensor] | None = None
+    ) -> list[HeadScores]:
+        """Algorithm 1 for every head on features ``o``: adapt (eq. 5), add noise (eq. 6), discriminate.
+
+        Every head gets the same normal features, its own draw of the eq. (6) noise and (with
+        synthetic defects) ``synthetic[k]``, head ``k``'s ``(M, C)`` features of synthetic-defect cells.
+
+        Args:
+            features: ``(B, H0, W0, C)`` features ``o`` of the training images.
+            synthetic: Per head, extra anomalous features (beyond the paper); ``None``: the paper's noise only.
+        """
+        scores = []
+        for index, (adaptor, discriminator) in enumerate(self.heads()):
+            adapted = adaptor(features).flatten(0, -2)  # q = G(o), SimpleNet eq. (5)
+            anomalous = [self.anomalous(adapted)]  # q- = q + eps, SimpleNet eq. (6)
+            if synthetic is not None:
+                anomalous.append(adaptor(synthetic[index]))
+            # one discriminator batch, as in the official code: batch-norm statistics cover every feature
+            normality = self.normality(torch.cat([adapted, *anomalous]), discriminator)
+            scores.append(HeadScores(normality[: len(adapted)], normality[len(adapted) :]))
+        return scores
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        extract: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        synthetic: Sequence[torch.Tensor] | None = None,
+    ) -> InferenceBatch | list[HeadScores]:
+        """Eval: image scores and anomaly maps, eqs. (9)-(11). Training: each head's :class:`HeadScores`.
+
+        Args:
+            images: ``(B, 3, H, W)`` pre-processed images.
+            extract: Training only: stands in for the frozen :attr:`feature_extractor` (e.g. a
+                :class:`~anomalib_hyperbolic.feature_cache.FeatureCache` of it); same output.
+            synthetic: Training only: per head, synthetic-defect features (see :meth:`training_scores`).
+        """
+        if self.training:
+            features = self.features_of((self.feature_extractor if extract is None else extract)(images))
+            return self.training_scores(features, synthetic)
         return self.predictions(self.patch_scores(self.features(images)), images.shape[-2:])
