@@ -56,9 +56,9 @@ $PY - "$CONFIG" <<'PY'
 import shutil, sys, yaml
 from pathlib import Path
 from lightning.pytorch.trainer.states import TrainerFn
-from anomalib_hyperbolic.benchmark import _import
+from anomalib_hyperbolic.benchmark import import_class
 cfg = yaml.safe_load(open(sys.argv[1]))
-dm = _import(cfg["data"]["class_path"])(**cfg["data"]["init_args"])
+dm = import_class(cfg["data"]["class_path"])(**cfg["data"]["init_args"])
 dm.setup(TrainerFn.FITTING)
 folder = Path(".gpu/teacher_images"); folder.mkdir(parents=True, exist_ok=True)
 paths = list(dm.train_data.samples.image_path) + list(dm.val_data.samples.image_path)

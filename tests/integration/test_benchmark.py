@@ -315,7 +315,7 @@ def test_latency_only_cell_times_an_untrained_model_with_the_buffers_it_is_given
         "init_args": {"backbone": "resnet18", "pre_trained": False, "layers": ["layer2"]},
         "latency_only": {"buffers": {"model.memory_bank": [5000, 128]}},
     }
-    model = benchmark._untrained_model(config, spec)
+    model = benchmark.untrained_model(config, spec)
     assert tuple(model.model.memory_bank.shape) == (5000, 128)
     row = benchmark.run_cell(config, spec, tmp_path / "cell")
     assert row["torch_latency_ms_b1"] > 0
@@ -323,7 +323,7 @@ def test_latency_only_cell_times_an_untrained_model_with_the_buffers_it_is_given
     assert "image_AUROC" not in row
     wrong = {**spec, "latency_only": {"buffers": {"model.no_such_bank": [2, 2]}}}
     with pytest.raises(ValueError, match="not a registered buffer"):
-        benchmark._untrained_model(config, wrong)
+        benchmark.untrained_model(config, wrong)
 
 
 def test_ddp_cell_is_written_once_by_rank_zero_with_its_throughput(tmp_path: Path) -> None:

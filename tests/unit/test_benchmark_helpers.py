@@ -266,8 +266,8 @@ def test_cell_seed_overrides_the_training_seed_but_not_the_images(
         "class_path": "anomalib_hyperbolic.models.SimpleNet",
         "init_args": {"backbone": "resnet18", "pre_trained": False, "pretrain_embed_dim": 16, "target_embed_dim": 16},
     }
-    prepared = {seed: benchmark._prepare(config, {**spec, "seed": seed}) for seed in (0, 1)}
-    default = benchmark._prepare(config, spec)  # no cell seed: the config's
+    prepared = {seed: benchmark.prepare_cell(config, {**spec, "seed": seed}) for seed in (0, 1)}
+    default = benchmark.prepare_cell(config, spec)  # no cell seed: the config's
     assert benchmark.cell_seed(config, spec) == 0
     assert benchmark.cell_seed(config, {**spec, "seed": 1}) == 1
 
@@ -381,7 +381,7 @@ def test_cells_prepare_the_data_before_setting_it_up(tmp_path: Path) -> None:
     }
     benchmark.prepare_data_once(config)
     assert (root / "synthetic").is_dir()
-    _, sizes, _ = benchmark._prepare(config, spec)
+    _, sizes, _ = benchmark.prepare_cell(config, spec)
     assert sizes["train"] == 4
 
 

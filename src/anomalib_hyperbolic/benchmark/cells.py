@@ -1,0 +1,231 @@
+"""One benchmark cell: train, test and time a model configuration (in its own process); its files.
+
+A grid (:mod:`.grid`) runs every cell as ``python -m anomalib_hyperbolic.benchmark --cell NAME``;
+:func:`run_and_write_cell` is that process's work. A cell's row goes to ``cells/<name>.json``
+(:func:`cell_file`, written atomically: a cell counts as done only when complete), its trained
+state, with ``save_weights``, to ``weights/<name>.pt`` (:func:`weights_file`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from anomalib_hyperbolic.benchmark.cell_model import (
+    load_trained_state,
+    normalization_record,
+    prepare_cell,
+    trained_state,
+    untrained_model,
+)
+from anomalib_hyperbolic.benchmark.config import (
+    MIXED_PRECISIONS,
+    cell_precision,
+    cell_seed,
+    precision_arguments,
+    training_limits,
+    validation_interval,
+)
+from anomalib_hyperbolic.benchmark.timing import machine, precision_effect, time_model
+
+
+def cell_file(output: Path, name: str) -> Path:
+    """Where a cell's row lives: ``<output>/cells/<name>.json``, the name made file-safe."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return output / "cells" / f"{safe}.json"
+
+
+def weights_file(output: Path, name: str) -> Path:
+    """Where a cell's trained state lives with ``save_weights``: ``<output>/weights/<name>.pt``."""
+    return output / "weights" / f"{cell_file(output, name).stem}.pt"
+
+
+def cell_engine(
+    config: dict[str, Any], spec: dict[str, Any], model: Any, root: Path, callbacks: Sequence[Any], **options: Any
+) -> Any:
+    """An anomalib ``Engine`` for a cell: its limits, precision, validation interval and devices.
+
+    No logger and no progress bar; ``options`` are further ``Trainer`` arguments
+    (e.g. ``deterministic=True``).
+    """
+    from anomalib.engine import Engine
+
+    accelerator = spec.get("accelerator", config.get("accelerator", "cpu"))
+    precision, f32_evaluation = cell_precision(config, spec)
+    return Engine(
+        **training_limits(spec),
+        **precision_arguments(precision, f32_evaluation, accelerator),
+        check_val_every_n_epoch=validation_interval(spec, getattr(model, "trainer_arguments", None)),
+        accelerator=accelerator,
+        devices=spec.get("devices", config.get("devices", 1)),
+        strategy=spec.get("strategy", config.get("strategy", "auto")),
+        default_root_dir=root,
+        logger=False,
+        enable_progress_bar=False,
+        callbacks=list(callbacks),
+        **options,
+    )
+
+
+def run_cell(
+    config: dict[str, Any], spec: dict[str, Any], cell_dir: Path, weights: Path | None = None
+) -> dict[str, Any] | None:
+    """Train, test and (unless ``latency: false``) time one model configuration; return its row.
+
+    With ``weights``, the state that training changed is saved there (see :func:`trained_state`).
+    Under DDP (a cell's ``devices``/``strategy``) only rank 0 returns the row; the other ranks ``None``.
+    """
+    import resource
+
+    import torch
+
+    from anomalib_hyperbolic.metrics import RawScoreMetrics, TrainingStepTimer
+
+    if spec.get("latency_only"):
+        return latency_only_cell(config, spec, cell_dir)
+    datamodule, split_sizes, model = prepare_cell(config, spec)
+    raw_scores = RawScoreMetrics(pixel_metrics=bool(config.get("pixel_metrics", True)))
+    step_timer = TrainingStepTimer()
+    initial = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()} if weights else {}
+    limits = training_limits(spec)
+    _, f32_evaluation = cell_precision(config, spec)
+    # raw_scores: a trainer callback, runs before the post-processor
+    engine = cell_engine(config, spec, model, cell_dir, callbacks=[raw_scores, step_timer])
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    train_seconds = time.perf_counter() - start
+    # what training actually ran: a max_time cap can stop it before max_steps / max_epochs
+    reached = {"steps_run": engine.trainer.global_step, "epochs_run": engine.trainer.current_epoch}
+    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]  # every rank: metrics sync
+    if not engine.trainer.is_global_zero:
+        return None  # under DDP rank 0 alone saves, times and writes the cell
+    row: dict[str, Any] = {"name": spec["name"], "train_seconds": train_seconds, **reached, **limits}
+    # training-loop throughput (TrainingStepTimer: set-up passes and the first step excluded); steps are
+    # optimiser steps (each rank takes every one), images are counted over all ranks
+    row["world_size"] = engine.trainer.world_size
+    row["precision"] = str(engine.trainer.precision)  # the trainer's, after the model's trainer_arguments
+    if row["precision"] in MIXED_PRECISIONS:
+        row["f32_evaluation"] = f32_evaluation
+    row["check_val_every_n_epoch"] = engine.trainer.check_val_every_n_epoch
+    if step_timer.steps_per_second is not None:
+        row["train_steps_per_second"] = step_timer.steps_per_second
+        batch = getattr(datamodule, "train_batch_size", None)
+        if batch:
+            row["train_images_per_second"] = step_timer.steps_per_second * batch * engine.trainer.world_size
+    row.update({key: float(value) for key, value in metrics.items()})
+    row.update(raw_scores.results)
+    row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        row["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        row["gpu"] = torch.cuda.get_device_name()
+    if weights is not None:
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(trained_state(model, initial), weights)
+    if config.get("latency", {}) is not False:
+        model.cpu()
+        row.update(time_model(config, model, cell_dir / "export"))
+    if config.get("precision_effect"):
+        model.cpu()
+        row.update(precision_effect(config, spec, model, datamodule, cell_dir / "export_precision"))
+    row["split_sizes"] = split_sizes
+    row["code_version"] = code_version()
+    row["seed"] = cell_seed(config, spec)
+    if "group" in spec:
+        row["group"] = spec["group"]
+    row["class_path"] = spec["class_path"]
+    row["init_args"] = spec.get("init_args", {})
+    row["normalization"] = normalization_record(config, spec, model)
+    for key in ("data_wrapper", "data_overrides"):
+        if spec.get(key):
+            row[key] = spec[key]
+    return row
+
+
+def code_version() -> str:
+    """``git describe``-like ``<commit>[+changes]`` of the package's checkout, or ``unknown``."""
+    root = Path(__file__).resolve().parents[1]  # the package folder, anomalib_hyperbolic/
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}+changes" if changed else commit
+
+
+def latency_only_cell(config: dict[str, Any], spec: dict[str, Any], cell_dir: Path) -> dict[str, Any]:
+    """A cell that is timed, not trained (see :func:`untrained_model`).
+
+    With ``latency: false`` its timing is left to ``--time-only``.
+    """
+    row: dict[str, Any] = {"name": spec["name"], "latency_only": spec["latency_only"], "class_path": spec["class_path"]}
+    row["init_args"] = spec.get("init_args", {})
+    if config.get("latency", {}) is not False:
+        row.update(time_model(config, untrained_model(config, spec), cell_dir / "export"))
+        row["latency_machine"] = machine()
+    row["code_version"] = code_version()
+    return row
+
+
+def time_cell(config: dict[str, Any], spec: dict[str, Any], row: dict[str, Any], weights: Path) -> dict[str, Any]:
+    """Rebuild a cell trained elsewhere, load its saved state, and add this CPU's latency to its row.
+
+    A latency-only cell needs no saved state: it is rebuilt as :func:`untrained_model` makes it.
+    """
+    import torch
+
+    if spec.get("latency_only"):
+        model = untrained_model(config, spec)
+    else:
+        _, _, model = prepare_cell(config, spec)
+        load_trained_state(model, torch.load(weights, map_location="cpu", weights_only=True))
+    model.eval()
+    # `latency_after`: the timing settings of a grid trained with `latency: false`
+    timed = time_model(config, model, settings=config.get("latency_after") or config.get("latency") or {})
+    timed["latency_machine"] = machine()
+    return {**row, **timed}
+
+
+def untimed_reason(output: Path, name: str) -> str:
+    """Why a cell cannot (or need not) be timed by ``--time-only``; empty when it should be."""
+    target = cell_file(output, name)
+    if not target.is_file():
+        return "not trained yet"
+    row = json.loads(target.read_text())
+    if "torch_latency_ms_b1" in row:
+        return "already timed"
+    if not row.get("latency_only") and not weights_file(output, name).is_file():
+        return f"no saved weights at {weights_file(output, name)}"
+    return ""
+
+
+def run_and_write_cell(config: dict[str, Any], spec: dict[str, Any], time_only: bool = False) -> None:
+    """Run one cell (or, with ``time_only``, time a cell trained elsewhere) and write its row.
+
+    Under DDP, ranks other than 0 write nothing.
+    """
+    output = Path(config["output"])
+    target = cell_file(output, spec["name"])
+    if time_only:
+        row = time_cell(config, spec, json.loads(target.read_text()), weights_file(output, spec["name"]))
+    else:
+        save = spec.get("save_weights")
+        save = config.get("save_weights", False) if save is None else save
+        weights = weights_file(output, spec["name"]) if save else None
+        row = run_cell(config, spec, output / "runs" / target.stem, weights)
+        if row is None:  # a DDP rank other than 0
+            return
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(json.dumps(row, indent=2, default=str))
+    temporary.replace(target)  # atomic: a cell counts as done only when complete
