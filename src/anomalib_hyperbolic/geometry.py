@@ -296,10 +296,13 @@ def poincare_distance_of_tangents(
         raise ValueError(msg)
     original, (u, v) = _upcast(u, v)
     w = u - v
-    w2 = w.pow(2).sum(dim=dim, keepdim=True)
+    # vector norms: one fused reduction each in an exported graph (ONNX ReduceL2), no squared copy of the map
+    w_norm = torch.linalg.vector_norm(w, dim=dim, keepdim=True)
     if _is_flat(c) and math.isinf(clip_radius):
-        return _squeeze(2.0 * _safe_sqrt(w2), dim, keepdim).to(original)
-    u_norm, v_norm = _norm(u, dim), _norm(v, dim)
+        return _squeeze(2.0 * w_norm, dim, keepdim).to(original)
+    w2 = w_norm.pow(2)
+    u_norm = torch.linalg.vector_norm(u, dim=dim, keepdim=True).clamp_min(_MIN_NORM)
+    v_norm = torch.linalg.vector_norm(v, dim=dim, keepdim=True).clamp_min(_MIN_NORM)
     a, b = u_norm.new_ones(()), v_norm.new_ones(())
     if not math.isinf(clip_radius):  # clip_r: min(1, r / |u|) u
         a, b = (clip_radius / u_norm).clamp(max=1.0), (clip_radius / v_norm).clamp(max=1.0)

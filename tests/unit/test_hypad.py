@@ -420,4 +420,23 @@ def test_inference_maps_in_closed_form_equal_the_per_channel_discrepancy(
     )
     torch.testing.assert_close(raw_st, reference_st, rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(raw_stae, reference_stae, rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(map_stae, raw_stae)
+    torch.testing.assert_close(map_stae, raw_stae, rtol=1e-4, atol=1e-7)
+
+
+def test_folded_projection_equals_the_projected_outputs(images: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Inference folds the channel pooling (and the teacher's standardisation) into each network's last layer."""
+    batch, _ = images
+    _, model = _pair()
+    model.eval()
+    assert model.folds_projection
+    with torch.no_grad():
+        teacher = model._normalize_teacher(model.teacher(batch))
+        pairs = [
+            (model.projected_output(model.teacher, batch, standardize=True), teacher),
+            (model.projected_output(model.student, batch), model.student(batch)),
+            (model.projected_output(model.ae, batch, batch.shape[-2:]), model.ae(batch, batch.shape[-2:])),
+        ]
+    for folded, output in pairs:
+        assert folded.shape[1] == output.shape[1] // 2
+        torch.testing.assert_close(folded, model.projection(output), rtol=1e-4, atol=1e-5)
+    assert not HypADModel(teacher_out_channels=CH, projection="identity").folds_projection

@@ -38,7 +38,9 @@ __all__ = [
     "PROJECTIONS",
     "ChannelAvgPool",
     "HypADModel",
+    "PooledConvolution",
     "check_anomalib_api",
+    "last_convolution",
     "load_teacher_weights",
     "parse_model_size",
 ]
@@ -115,6 +117,30 @@ def parse_model_size(model_size: EfficientAdModelSize | str) -> EfficientAdModel
     except ValueError:
         msg = f"Unknown PDN size `model_size={model_size!r}`; use 'small' (PDN-S) or 'medium' (PDN-M)."
         raise ValueError(msg) from None
+
+
+def last_convolution(network: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The name and module of the last ``nn.Conv2d`` a PDN or EfficientAD's autoencoder applies (its output layer).
+
+    In anomalib's PDN-S (``conv4``), PDN-M (``conv6``) and autoencoder (``decoder.deconv8``) the output
+    convolution is the last one defined.
+    """
+    name, convolution = [(name, m) for name, m in network.named_modules() if isinstance(m, nn.Conv2d)][-1]
+    return name, convolution
+
+
+class PooledConvolution(nn.Module):
+    """A convolution's hyper-parameters with other weights (:meth:`HypADModel.projected_output`'s folded last layer)."""
+
+    def __init__(self, convolution: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.convolution = convolution
+        self.pooled_weight = weight
+        self.pooled_bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``convolution`` (stride, padding, ...) with the pooled weights and bias."""
+        return self.convolution._conv_forward(x, self.pooled_weight, self.pooled_bias)
 
 
 class ChannelAvgPool(nn.Module):
@@ -256,19 +282,63 @@ class HypADModel(EfficientAdModel):
     def location_map(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` channel mean of :meth:`distance` of two feature maps: an anomaly map (inference).
 
-        In the ``"tangent"`` and ``"location"`` modes that mean is ``(d_c / 2)^2 / C`` per location (HypAD
-        eq. (2), :mod:`.loss`), computed in closed form from the projected features
-        (:func:`~anomalib_hyperbolic.geometry.poincare_distance_of_tangents`, clipping included):
-        channel reductions only, which keeps the exported graph about as cheap as EfficientAD's
-        ``mean((t - s)^2)``. The ``"channel"`` mode takes the channel mean of :meth:`distance`.
+        The ``"channel"`` mode takes the channel mean of :meth:`distance`; the others project the maps
+        and use :meth:`projected_map`.
         """
         if self.discrepancy == "channel":
             return torch.mean(self.distance(x, y), dim=1, keepdim=True)
-        u, v, c = self.projection(x), self.projection(y), self.curvature
+        return self.projected_map(self.projection(x), self.projection(y))
+
+    def projected_map(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """:meth:`location_map` of two already projected maps (``"tangent"`` and ``"location"`` modes).
+
+        The channel mean of the discrepancy is ``(d_c / 2)^2 / C`` per location (HypAD eq. (2),
+        :mod:`.loss`), computed in closed form, clipping included
+        (:func:`~anomalib_hyperbolic.geometry.poincare_distance_of_tangents`): channel reductions only,
+        which keeps the exported graph about as cheap as EfficientAD's ``mean((t - s)^2)``.
+        """
+        c = self.curvature
         if not isinstance(c, torch.Tensor) and c == 0 and math.isinf(self.clip_radius):
             return torch.mean((u - v).pow(2), dim=1, keepdim=True)  # EfficientAD's map, bit for bit
         distance = poincare_distance_of_tangents(u, v, c, dim=1, keepdim=True, clip_radius=self.clip_radius)
         return (distance / 2).pow(2) / u.shape[1]
+
+    @property
+    def folds_projection(self) -> bool:
+        """Whether inference folds the channel pooling into the last convolutions (:meth:`projected_output`)."""
+        return self.projection.kernel > 1 and self.discrepancy != "channel"
+
+    def projected_output(self, network: nn.Module, *args: object, standardize: bool = False) -> torch.Tensor:
+        """``projection(network(*args))`` (teacher: of its standardised output), by pooled last-layer weights.
+
+        The channel pooling, and the teacher's per-channel standardisation before it, are linear in the
+        output of the network's last convolution, so they fold into its weights and bias: the network
+        runs once with that convolution giving ``C / k`` channels, and the exported graph holds no
+        pooling and a cheaper last layer. Inference only; the values equal the unfolded ones up to
+        rounding.
+        """
+        name, convolution = last_convolution(network)
+        weight, bias = convolution.weight, convolution.bias
+        if standardize:  # EfficientAd's _normalize_teacher: (t - mean) / std once the statistics are set
+            is_set = self._is_set_tensor(self.mean_std)
+            std = torch.where(is_set, self.mean_std["std"], torch.ones_like(self.mean_std["std"])).flatten()
+            mean = torch.where(is_set, self.mean_std["mean"], torch.zeros_like(self.mean_std["mean"])).flatten()
+            weight, bias = weight / std.view(-1, 1, 1, 1), (bias - mean) / std
+        kernel = self.projection.kernel
+        pooled = PooledConvolution(
+            convolution,
+            weight.reshape(-1, kernel, *weight.shape[1:]).mean(dim=1),
+            bias.reshape(-1, kernel).mean(dim=1),
+        )
+        # the network runs with its last layer swapped for the call (a module swap, which TorchScript tracing,
+        # and so OpenVINO's converter, records as plain convolution; torch.func.functional_call it refuses)
+        parent_name, _, attribute = name.rpartition(".")
+        parent = network.get_submodule(parent_name) if parent_name else network
+        setattr(parent, attribute, pooled)
+        try:
+            return network(*args)
+        finally:
+            setattr(parent, attribute, convolution)
 
     def ball_discrepancy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-element hyperbolic discrepancy of two maps of points on the ball (HypAD eqs. (2), (6))."""
@@ -329,6 +399,11 @@ class HypADModel(EfficientAdModel):
         Per element while training (the hard-feature loss ranks them); the ``(B, 1, H, W)`` channel mean
         (:meth:`location_map`) otherwise, which is all that :meth:`compute_maps` takes from it.
         """
+        if not self.training and self.folds_projection:  # the student output comes back projected (C channels)
+            teacher_projected = self.projected_output(self.teacher, batch, standardize=True)
+            student_projected = self.projected_output(self.student, batch)
+            half = student_projected.shape[1] // 2
+            return student_projected, self.projected_map(teacher_projected, student_projected[:, :half])
         if not self.training:
             teacher_output = self._normalize_teacher(self.teacher(batch))
             student_output = self.student(batch)
@@ -379,7 +454,11 @@ class HypADModel(EfficientAdModel):
         """
         image_size = batch.shape[-2:]
         with torch.no_grad():
-            map_stae = self.location_map(self.ae(batch, image_size), student_output[:, self.teacher_out_channels :])
+            if student_output.shape[1] != 2 * self.teacher_out_channels:  # projected by the folded student
+                ae_projected = self.projected_output(self.ae, batch, image_size)
+                map_stae = self.projected_map(ae_projected, student_output[:, student_output.shape[1] // 2 :])
+            else:
+                map_stae = self.location_map(self.ae(batch, image_size), student_output[:, self.teacher_out_channels :])
             maps = [torch.mean(distance_st, dim=1, keepdim=True), map_stae]
         if self.pad_maps:
             maps = [F.pad(anomaly_map, (4, 4, 4, 4)) for anomaly_map in maps]
