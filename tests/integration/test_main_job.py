@@ -79,5 +79,5 @@ def test_two_runs_give_identical_metrics_and_one_table(
 
 
 def test_settings_defaults_are_the_cli_defaults() -> None:
-    args = main_job._parser().parse_args([])
+    args = main_job.argument_parser().parse_args([])
     assert main_job.Settings(**vars(args)) == main_job.DEFAULTS
