@@ -26,7 +26,6 @@ from anomalib.metrics import AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassJaccardIndex
-from torchmetrics.functional.classification import binary_stat_scores
 from torchmetrics.utilities import dim_zero_cat
 
 from anomalib_hyperbolic.data.defect_types import defect_type_from_path
@@ -145,8 +144,8 @@ class _CategoryIoU(Metric):
     categories, not :class:`MIoU`'s pooled binary IoU, which mixes every type into one class.
 
     This is torchmetrics' multiclass JaccardIndex (``average="none"``) where a pixel's class is
-    background or its image's type: every image's confusion counts (torchmetrics'
-    ``binary_stat_scores``) are kept per type, since the types are only known once seen, and reduced
+    background or its image's type: every image's confusion counts (true/false
+    positives and negatives) are kept per type, since the types are only known once seen, and reduced
     by ``MulticlassJaccardIndex`` in :meth:`per_category`.
 
     Choices, since the predictions are binary (anomalous or not) and the types image-level:
@@ -190,7 +189,11 @@ class _CategoryIoU(Metric):
             raise ValueError(msg)
         pred = (preds if preds.dtype == torch.bool else preds > self.threshold).reshape(preds.shape[0], -1)
         true = (target if target.dtype == torch.bool else target > 0.5).reshape(target.shape[0], -1)
-        counts = binary_stat_scores(pred.long(), true.long(), multidim_average="samplewise", validate_args=False)
+        # per-image (tp, fp, tn, fn); counted here because torchmetrics' binary_stat_scores squeezes a batch
+        # of one image to a vector and then fails on its sample axis
+        counts = torch.stack(
+            [(pred & true).sum(1), (pred & ~true).sum(1), (~pred & ~true).sum(1), (~pred & true).sum(1)], 1
+        )
         # a normal image is a row of no category (-1), so no rank's list stays empty
         ids = [self._category_id(self.category_of(path)) if true[i].any() else -1 for i, path in enumerate(image_path)]
         ids_column = torch.tensor(ids, dtype=torch.int64, device=counts.device).unsqueeze(1)

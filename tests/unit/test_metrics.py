@@ -103,3 +103,17 @@ def test_category_iou_names_bad_input() -> None:
     metric.update(masks & False, masks & False, ["MT_Free/Imgs/a.jpg", "MT_Free/Imgs/b.jpg"])
     with pytest.raises(ValueError, match="no test image has a defect pixel"):
         metric.compute()
+
+
+def test_category_iou_takes_batches_of_one_image() -> None:
+    """A last batch of one image (torchmetrics' stat scores squeeze it) updates like any other."""
+    import torch
+
+    masks = torch.zeros(3, 1, 8, 8, dtype=torch.bool)
+    masks[:, :, 2:5, 2:5] = True
+    paths = [f"/data/MT_Crack/Imgs/{index}.jpg" for index in range(3)]
+    together, split = _CategoryIoU(), _CategoryIoU()
+    together.update(masks.float(), masks.float(), paths)
+    split.update(masks[:2].float(), masks[:2].float(), paths[:2])
+    split.update(masks[2:].float(), masks[2:].float(), paths[2:])
+    assert together.compute() == split.compute()
