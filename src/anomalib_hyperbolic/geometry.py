@@ -96,6 +96,13 @@ def _check_dim(x: torch.Tensor, dim: int, name: str = "x") -> None:
         raise ValueError(msg)
 
 
+def _check_clip_radius(radius: object, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``radius`` is a number > 0 (``math.inf``: no clipping)."""
+    if not isinstance(radius, int | float) or math.isnan(radius) or radius <= 0:
+        msg = f"Clip radius `{name}` must be a number > 0 (or math.inf to disable), got {radius!r}."
+        raise ValueError(msg)
+
+
 def _is_flat(c: float | torch.Tensor) -> bool:
     """Tell whether ``c`` is a plain Python zero, so the exact Euclidean formula applies."""
     return not isinstance(c, torch.Tensor) and float(c) == 0.0
@@ -203,9 +210,7 @@ def clip_features(x: torch.Tensor, radius: float = DEFAULT_CLIP_RADIUS, dim: int
         dim: Feature axis.
 
     """
-    if not isinstance(radius, int | float) or math.isnan(radius) or radius <= 0:
-        msg = f"Clip radius `radius` must be a number > 0 (or math.inf to disable), got {radius!r}."
-        raise ValueError(msg)
+    _check_clip_radius(radius, "radius")
     _check_dim(x, dim, "x")
     if math.isinf(radius):
         return x
@@ -291,9 +296,7 @@ def poincare_distance_of_tangents(
     """
     validate_curvature(c)
     _check_dim(u, dim, "u")
-    if not isinstance(clip_radius, int | float) or math.isnan(clip_radius) or clip_radius <= 0:
-        msg = f"Clip radius `clip_radius` must be a number > 0 (or math.inf to disable), got {clip_radius!r}."
-        raise ValueError(msg)
+    _check_clip_radius(clip_radius, "clip_radius")
     original, (u, v) = _upcast(u, v)
     w = u - v
     # vector norms: one fused reduction each in an exported graph (ONNX ReduceL2), no squared copy of the map
