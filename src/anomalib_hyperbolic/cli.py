@@ -7,6 +7,7 @@ Subcommands:
     provision-backbone   write real ImageNet EfficientNet-Lite0 weights without a model hub
     main-job             SimpleNet next to PatchCore on Magnetic Tile, scored with OpenVINO
     distill-teacher      distil a PDN teacher for HypAD/EfficientAd from any timm backbone
+    teacher-quality      how well a distilled PDN teacher's features separate defects (vs its targets)
     benchmark            side-by-side grid with anomalib's models: metrics, time, memory, latency
     precision-report     where an OpenVINO export loses accuracy at the default (bf16) precision
 """
@@ -34,6 +35,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "anomalib_hyperbolic.models.hypad.distill",
         "main",
         "distil a PDN teacher (HypAD / EfficientAd) from a timm backbone on an image folder",
+    ),
+    "teacher-quality": (
+        "anomalib_hyperbolic.models.hypad.teacher_quality",
+        "main",
+        "nearest-neighbour AUROCs of distilled PDN teachers' features vs their distillation targets",
     ),
     "benchmark": (
         "anomalib_hyperbolic.benchmark",

@@ -4,7 +4,9 @@ HypAD section 3.2 (after EfficientAD): the PDN-S teacher is trained to regress t
 pretrained backbone (WideResNet-101 in the paper, on ImageNet) with a mean squared error. Here:
 
 1. target features: the backbone's ``layers`` (default ``layer2``, ``layer3``, as PatchCore and
-   EfficientAD), each averaged over a 3x3 neighbourhood, resized (bilinear) to the PDN output grid,
+   EfficientAD) on inputs normalised with the mean/std the backbone was trained with (timm's
+   pretrained config: ImageNet's for WideResNet-101, 0.5/0.5 for EfficientNet-Lite0), each averaged
+   over a 3x3 neighbourhood, resized (bilinear) to the PDN output grid,
    concatenated, and reduced to ``out_channels`` (384) by adaptive average pooling over channels
    (PatchCore's aggregation; with fewer backbone channels than 384 this interpolates channels);
 2. targets are standardised per channel with mean/std estimated on ``stats_images`` images first;
@@ -31,17 +33,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision.transforms.v2 import Compose, Resize
 
 from .torch_model import EfficientAdModelSize, parse_model_size
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageFileDataset", "build_pdn", "distill_teacher", "list_images", "main"]
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = [
+    "DistillationTargets",
+    "ImageFileDataset",
+    "build_pdn",
+    "distill_teacher",
+    "distill_teacher_on_training_split",
+    "list_images",
+    "main",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -98,21 +105,27 @@ def build_pdn(model_size: EfficientAdModelSize | str = "small", out_channels: in
     return network(out_channels=out_channels, padding=False)
 
 
-class _TargetFeatures(nn.Module):
-    """Backbone features -> local 3x3 average -> PDN grid -> ``out_channels`` (channel adaptive pooling)."""
+class DistillationTargets(nn.Module):
+    """Backbone features -> local 3x3 average -> PDN grid -> ``out_channels`` (channel adaptive pooling).
+
+    Images in ``[0, 1]`` are normalised with the backbone's own training mean/std
+    (:func:`~anomalib_hyperbolic.backbones.backbone_normalization`) before the backbone sees them.
+    """
 
     def __init__(self, backbone: str, layers: Sequence[str], out_channels: int, pre_trained: bool) -> None:
         super().__init__()
-        from anomalib_hyperbolic.backbones import create_feature_extractor
+        from anomalib_hyperbolic.backbones import backbone_normalization, create_feature_extractor
 
         self.extractor = create_feature_extractor(backbone, list(layers), pre_trained=pre_trained).eval()
         self.layers = list(layers)
         self.out_channels = out_channels
-        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1))
+        mean, std = backbone_normalization(backbone)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The ``(B, out_channels, *size)`` targets of images in ``[0, 1]`` (not yet standardised)."""
         features = self.extractor((images - self.mean) / self.std)
         maps = [
             F.interpolate(F.avg_pool2d(features[layer], 3, 1, 1), size=size, mode="bilinear", align_corners=False)
@@ -127,13 +140,37 @@ class _TargetFeatures(nn.Module):
         return reduced.reshape(b, h, w, self.out_channels).permute(0, 3, 1, 2)
 
 
+def _targets_in_memory(
+    dataset: ImageFileDataset,
+    target_net: DistillationTargets,
+    grid: tuple[int, int],
+    batch_size: int,
+    cache_megabytes: float,
+    device: str,
+    progress: bool,
+) -> TensorDataset | None:
+    """Every resized image with its (unstandardised) target, when both fit in ``cache_megabytes``; else ``None``."""
+    from tqdm.auto import tqdm
+
+    image = dataset[0]
+    per_image = 4 * (image.numel() + target_net.out_channels * grid[0] * grid[1])
+    if len(dataset) * per_image > cache_megabytes * 2**20:
+        return None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    images, targets = [], []
+    for batch in tqdm(loader, desc="Distillation targets", disable=not progress):
+        images.append(batch)
+        targets.append(target_net(batch.to(device), grid).cpu())
+    return TensorDataset(torch.cat(images), torch.cat(targets))
+
+
 def _infinite(loader: DataLoader):  # noqa: ANN202
     while True:
         yield from loader
 
 
 def distill_teacher(
-    image_dir: str | Path,
+    image_dir: str | Path | Sequence[str | Path],
     output: str | Path,
     backbone: str = "wide_resnet101_2",
     layers: Sequence[str] = ("layer2", "layer3"),
@@ -153,11 +190,12 @@ def distill_teacher(
     num_workers: int = 0,
     progress: bool = True,
     device: str = "cpu",
+    cache_megabytes: float = 2048.0,
 ) -> Path:
     """Distil a PDN teacher from a timm backbone on the images below ``image_dir``.
 
     Args:
-        image_dir: Folder of training images (searched recursively).
+        image_dir: Folder of training images (searched recursively), or a list of image files.
         output: Where the final teacher state dict is written.
         backbone: timm model name or local weights file (via :mod:`anomalib_hyperbolic.backbones`);
             the paper uses WideResNet-101 (``wide_resnet101_2``).
@@ -179,6 +217,8 @@ def distill_teacher(
         num_workers: DataLoader workers.
         progress: Show a progress bar.
         device: Torch device.
+        cache_megabytes: Keep the resized images and their targets in memory when they fit in this
+            many MiB (the backbone then runs once per image, not once per step); ``0``: never.
 
     Returns:
         The path of the teacher state dict.
@@ -197,18 +237,25 @@ def distill_teacher(
         msg = f"`image_size` must be >= 64 for a PDN, got {image_size}."
         raise ValueError(msg)
     size = parse_model_size(model_size)
-    files = list_images(image_dir, "image_dir")
+    if isinstance(image_dir, (str, Path)):
+        files = list_images(image_dir, "image_dir")
+    else:
+        files = [Path(file) for file in image_dir]
+        if not files:
+            msg = "`image_dir` is an empty list of images."
+            raise ValueError(msg)
     output = Path(output)
     checkpoint = Path(checkpoint) if checkpoint is not None else output.with_suffix(output.suffix + ".ckpt")
-    config = {
+    config = {  # a checkpoint resumes only under the same settings
         "backbone": str(backbone),
+        "target_normalization": "backbone",  # earlier checkpoints normalised every backbone's input as ImageNet's
         "layers": list(layers),
         "model_size": size.value,
         "out_channels": int(out_channels),
     }
 
     torch.manual_seed(seed)
-    target_net = _TargetFeatures(str(backbone), layers, out_channels, pre_trained).to(device)
+    target_net = DistillationTargets(str(backbone), layers, out_channels, pre_trained).to(device)
     teacher = build_pdn(size, out_channels).to(device)
     optimizer = torch.optim.Adam(teacher.parameters(), lr=lr, weight_decay=weight_decay)
     dataset = ImageFileDataset(files, transform=Compose([Resize((image_size, image_size), antialias=True)]))
@@ -254,9 +301,12 @@ def distill_teacher(
         torch.save(payload, tmp)
         tmp.replace(checkpoint)
 
+    # The targets are fixed (no augmentation): computed once and kept in memory when they fit, so a
+    # step costs the PDN's forward and backward alone. Same batches in the same order either way.
+    pairs = _targets_in_memory(dataset, target_net, grid, batch_size, cache_megabytes, device, progress)
     generator = torch.Generator().manual_seed(seed + start)
     loader = DataLoader(
-        dataset,
+        pairs if pairs is not None else dataset,
         batch_size=batch_size,
         shuffle=True,
         drop_last=len(dataset) >= batch_size,
@@ -267,8 +317,12 @@ def distill_teacher(
     teacher.train()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="Distilling PDN teacher", disable=not progress)
     for step in bar:
-        images = next(batches).to(device)
-        target = (target_net(images, grid) - mean) / std
+        if pairs is not None:
+            images, raw_target = (tensor.to(device) for tensor in next(batches))
+        else:
+            images = next(batches).to(device)
+            raw_target = target_net(images, grid)
+        target = (raw_target - mean) / std
         loss = F.mse_loss(teacher(images), target)
         optimizer.zero_grad()
         loss.backward()
@@ -280,6 +334,40 @@ def distill_teacher(
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(teacher.state_dict(), output)
     return output
+
+
+def training_normal_images(data: dict[str, Any], subset: dict[str, Any] | None = None) -> list[Path]:
+    """The image files of a datamodule's training split (after the benchmark's ``subset``, if given).
+
+    ``data`` is a benchmark config's ``data`` entry (``{class_path: ..., init_args: {...}}``); only the
+    training split is read, so a teacher distilled on these images never sees a validation or test image.
+    """
+    from anomalib_hyperbolic.benchmark import apply_subset, import_class
+
+    datamodule = import_class(data["class_path"])(**data.get("init_args", {}))
+    datamodule.prepare_data()
+    apply_subset(datamodule, subset)  # sets the datamodule up; no subset: the whole training split
+    return [Path(path) for path in datamodule.train_data.samples["image_path"]]
+
+
+def distill_teacher_on_training_split(
+    output: str | Path,
+    data: dict[str, Any],
+    subset: dict[str, Any] | None = None,
+    **distill_arguments: Any,
+) -> Path:
+    """:func:`distill_teacher` on a datamodule's training images: a benchmark ``prepare`` step.
+
+    E.g. in a benchmark config (the PDN CPU protocol, ``configs/benchmark/mt_pdn_cpu.yaml``)::
+
+        prepare:
+          - path: .cache/mt_pdn_cpu/teacher.pth
+            function: anomalib_hyperbolic.models.hypad.distill.distill_teacher_on_training_split
+            init_args: {data: *data, backbone: .cache/weights/tf_efficientnet_lite0.safetensors, steps: 4000}
+    """
+    files = training_normal_images(data, subset)
+    logger.info("Distilling a PDN teacher on %d training images", len(files))
+    return distill_teacher(files, output, **distill_arguments)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
