@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 import zlib
@@ -30,7 +31,18 @@ from torchmetrics.utilities import dim_zero_cat
 
 from anomalib_hyperbolic.data.defect_types import defect_type_from_path
 
-__all__ = ["CategoryIoU", "MIoU", "MetricFields", "RawScoreMetrics", "TrainingStepTimer", "threshold_free_metrics"]
+__all__ = [
+    "CategoryIoU",
+    "CategoryIoUThresholds",
+    "LogitDiagnostics",
+    "MIoU",
+    "MetricFields",
+    "RawScoreMetrics",
+    "TrainingStepTimer",
+    "category_iou_curve",
+    "raw_pixel_threshold",
+    "threshold_free_metrics",
+]
 
 
 def _jaccard_from_confmat(confmat: torch.Tensor, zero_division: float) -> torch.Tensor:
@@ -289,7 +301,7 @@ class RawScoreMetrics(Callback):
     which keeps their ranks and stops torchmetrics from passing values outside ``[0, 1]`` through a
     sigmoid (raw distances of 40-60 all saturate to 1.0 in float32). :attr:`results` then holds
     ``raw_image_AUROC`` and, when the data has masks, ``raw_pixel_AUROC`` and ``raw_pixel_AUPRO``
-    (FPR limit ``fpr_limit``, as anomalib's AUPRO).
+    (FPR limit ``fpr_limit``, as anomalib's AUPRO); :attr:`images` counts the test images seen.
 
     Example:
         >>> raw = RawScoreMetrics(pixel_metrics=False)
@@ -303,17 +315,19 @@ class RawScoreMetrics(Callback):
         self.fpr_limit = fpr_limit
         self.collected: dict[str, list[torch.Tensor]] = {}
         self.results: dict[str, float] = {}
+        self.images = 0
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start from nothing collected."""
         del trainer, pl_module
-        self.collected, self.results = {}, {}
+        self.collected, self.results, self.images = {}, {}, 0
 
     def on_test_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any, **kwargs: Any
     ) -> None:
         """Keep CPU copies of the batch's raw scores, maps and ground truth."""
         del trainer, pl_module, args, kwargs
+        self.images += int(outputs.batch_size)
         fields = ("pred_score", "gt_label", *(("anomaly_map", "gt_mask") if self.pixel_metrics else ()))
         for field in fields:
             value = getattr(outputs, field, None)
@@ -379,3 +393,290 @@ class TrainingStepTimer(Callback):
         if self.start is None or self.end is None or self.steps == 0:
             return None
         return self.steps / (self.end - self.start)
+
+
+# ------------------------------------------------------------------------------ thresholds of the per-type IoU
+def raw_pixel_threshold(post_processor: Any) -> float | None:
+    """The raw anomaly-map value above which anomalib's ``PostProcessor`` marks a pixel anomalous.
+
+    The post-processor min-max normalises a map around its validation-fitted (F1-adaptive) pixel
+    threshold ``t``, ``n = (raw - t) / (max - min) + 0.5`` (clamped to ``[0, 1]``), and sets
+    ``pred_mask = n > 1 - pixel_sensitivity``; in raw units that is ``raw > t + (0.5 - sensitivity)
+    (max - min)``, ``raw > t`` at the default sensitivity 0.5. Without normalisation (or before any
+    validation) the map is compared with ``1 - pixel_sensitivity`` as it is. ``None`` for another
+    post-processor or one that does not threshold.
+    """
+    from anomalib.post_processing import PostProcessor
+
+    if not isinstance(post_processor, PostProcessor) or not post_processor.enable_thresholding:
+        return None
+    normalized = float(post_processor.normalized_pixel_threshold)
+    low, high = float(post_processor.pixel_min), float(post_processor.pixel_max)
+    if not post_processor.enable_normalization or math.isnan(low) or math.isnan(high):
+        return normalized
+    threshold = float(post_processor.pixel_threshold)
+    if math.isnan(threshold):  # what the post-processor's normalisation then uses
+        threshold = (low + high) / 2
+    return threshold if high == low else threshold + (normalized - 0.5) * (high - low)
+
+
+def category_iou_curve(
+    maps: torch.Tensor, masks: torch.Tensor, categories: Sequence[str | None], thresholds: torch.Tensor
+) -> torch.Tensor:
+    """Mean IoU over defect types (eqs. 14-15, as :class:`CategoryIoU` computes it) of ``maps > t`` for every ``t``.
+
+    The counts :class:`CategoryIoU` accumulates, for all thresholds at once: per defect type, the
+    scores of its images' defect pixels and of their background pixels are sorted, and the counts
+    above each threshold found by binary search. ``IoU_n = TP / (TP + FP + FN)`` over the images of
+    type ``n`` (1 for an empty union); normal images (``None`` category) only lower the background
+    IoU, which this mean leaves out (``include_background=False``).
+
+    Args:
+        maps: ``(N, ...)`` anomaly maps of ``N`` images.
+        masks: ``(N, ...)`` ground-truth masks with the same number of pixels per image.
+        categories: Each image's defect type, ``None`` for a normal image (an empty mask).
+        thresholds: ``(T,)`` thresholds, compared in the maps' dtype.
+
+    Returns:
+        ``(T,)`` float64 mean IoU over the types.
+
+    Raises:
+        ValueError: no image has a defect type.
+    """
+    maps = maps.reshape(len(maps), -1)
+    masks = masks.reshape(len(masks), -1) > 0.5
+    thresholds = thresholds.to(maps.dtype).cpu()
+    names = sorted({name for name in categories if name is not None})
+    if not names:
+        msg = "category_iou_curve: no image has a defect type, so there is no category to average."
+        raise ValueError(msg)
+    total = torch.zeros(len(thresholds), dtype=torch.float64)
+    for name in names:
+        rows = torch.tensor([category == name for category in categories])
+        scores, truth = maps[rows].flatten().cpu(), masks[rows].flatten().cpu()
+        above = []
+        for values in (scores[truth], scores[~truth]):  # defect pixels, then background pixels
+            ordered = values.sort().values
+            above.append(len(ordered) - torch.searchsorted(ordered, thresholds, right=True).to(torch.float64))
+        true_positives, false_positives = above
+        union = float(truth.sum()) + false_positives  # TP + FN + FP
+        iou = torch.where(union > 0, true_positives / union.clamp_min(1), torch.ones_like(union))
+        total += iou
+    return total / len(names)
+
+
+class CategoryIoUThresholds(Callback):
+    """Test mean IoU over defect types (eqs. 14-15) of the raw anomaly maps at three thresholds.
+
+    Passed to the :class:`~anomalib.engine.Engine` as a trainer callback, it collects the maps
+    before the post-processor (as :class:`RawScoreMetrics`) and, at the end of the test epoch, fills
+    :attr:`results` with the :class:`CategoryIoU` of ``map > t`` for
+
+    * the **validation-fitted** threshold that anomalib's post-processor applies
+      (:func:`raw_pixel_threshold`): ``pixel_CategoryIoU_val_threshold`` (the figure
+      ``pixel_CategoryIoU`` reports, recomputed from the raw maps) and ``pixel_threshold_val``;
+    * an **oracle** threshold, the one that maximises the mean per-type IoU on the evaluated images
+      themselves (searched over ``candidates`` quantiles of their scores, the two other thresholds
+      included, see :func:`category_iou_curve`): ``pixel_CategoryIoU_oracle`` and
+      ``pixel_threshold_oracle``. A diagnostic, never a result: it is fitted on the images it scores.
+      The gap to the validation threshold's IoU is the thresholding failure; a low oracle IoU is a
+      learning failure;
+    * with ``probability_threshold`` (for maps that are probabilities, e.g. sigmoid outputs), that
+      fixed value: ``pixel_CategoryIoU_at_<value>`` (``_at_0.5``).
+
+    ``pixel_CategoryIoU_per_type`` holds each type's IoU (and the background's) at each of them.
+    Batches without masks or image paths are skipped; nothing is reported without a defect image.
+    Under DDP each process sees its own share of the images.
+
+    Args:
+        probability_threshold: Fixed threshold on the raw map; ``None``: not reported.
+        category_of: Defect type of an image path (default
+            :func:`~anomalib_hyperbolic.data.defect_type_from_path`).
+        candidates: Quantiles of the defect images' scores (and as many of their defect pixels')
+            tried as oracle thresholds.
+    """
+
+    def __init__(
+        self,
+        probability_threshold: float | None = None,
+        category_of: Callable[[str], str] | None = None,
+        candidates: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.probability_threshold = probability_threshold
+        self.category_of = category_of or defect_type_from_path
+        self.candidates = candidates
+        self.maps: list[torch.Tensor] = []
+        self.masks: list[torch.Tensor] = []
+        self.paths: list[str] = []
+        self.results: dict[str, Any] = {}
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start from nothing collected."""
+        del trainer, pl_module
+        self.maps, self.masks, self.paths, self.results = [], [], [], {}
+
+    def on_test_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, *args: Any, **kwargs: Any
+    ) -> None:
+        """Keep CPU copies of the batch's raw maps, masks and image paths."""
+        del trainer, pl_module, args, kwargs
+        anomaly_map, gt_mask = getattr(outputs, "anomaly_map", None), getattr(outputs, "gt_mask", None)
+        paths = getattr(outputs, "image_path", None)
+        if anomaly_map is None or gt_mask is None or paths is None:
+            return
+        size = len(anomaly_map)
+        if len(gt_mask) != size or anomaly_map[0].numel() != gt_mask[0].numel():
+            msg = f"CategoryIoUThresholds: maps {tuple(anomaly_map.shape)} and masks {tuple(gt_mask.shape)} differ."
+            raise ValueError(msg)
+        self.maps.append(anomaly_map.detach().reshape(size, -1).float().cpu().clone())
+        self.masks.append(gt_mask.detach().reshape(size, -1).cpu() > 0.5)
+        self.paths.extend(str(path) for path in paths)
+
+    def _category_iou(self, maps: torch.Tensor, masks: torch.Tensor, threshold: float) -> tuple[float, dict]:
+        metric = _CategoryIoU(threshold=threshold, category_of=self.category_of, sync_on_compute=False)
+        metric.update(maps, masks, self.paths)
+        return float(metric.compute()), metric.per_category()
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Fit the oracle threshold and compute the three IoUs into :attr:`results`."""
+        del trainer
+        if not self.maps:
+            return
+        maps, masks = torch.cat(self.maps), torch.cat(self.masks)
+        defect = masks.any(dim=1)
+        if not bool(defect.any()):
+            return
+        paths = zip(self.paths, defect.tolist(), strict=True)
+        categories = [self.category_of(path) if has else None for path, has in paths]
+        named = {"val_threshold": raw_pixel_threshold(getattr(pl_module, "post_processor", None))}
+        if self.probability_threshold is not None:
+            named[f"at_{self.probability_threshold:g}"] = float(self.probability_threshold)
+        scores = maps[defect].flatten().sort().values
+        positives = maps[defect][masks[defect]].sort().values
+
+        def quantiles(values: torch.Tensor) -> torch.Tensor:
+            return values[torch.linspace(0, len(values) - 1, self.candidates).round().long()]
+
+        below_all = torch.nextafter(scores[:1], torch.tensor([-math.inf]))  # everything anomalous
+        known = torch.tensor([value for value in named.values() if value is not None], dtype=maps.dtype)
+        candidates = torch.cat([quantiles(scores), quantiles(positives), below_all, known]).unique()
+        curve = category_iou_curve(maps, masks, categories, candidates)
+        named["oracle"] = float(candidates[int(curve.argmax())])
+        per_type = {}
+        for label, threshold in named.items():
+            if threshold is None:
+                continue
+            mean, per_type[label] = self._category_iou(maps, masks, threshold)
+            self.results[f"pixel_CategoryIoU_{label}"] = mean
+        self.results["pixel_threshold_oracle"] = named["oracle"]
+        if named["val_threshold"] is not None:
+            self.results["pixel_threshold_val"] = named["val_threshold"]
+        self.results["pixel_CategoryIoU_per_type"] = per_type
+
+
+# ------------------------------------------------------------------------------ training diagnostics
+class LogitDiagnostics(Metric):
+    """Epoch diagnostics of a segmentation head's training logits: IoU at probability 0.5, three pixel groups.
+
+    Observes only (``update`` on detached logits; no random draws). The pixels of a batch fall in three
+    groups: ``defect`` (inside a mask), ``background`` (outside the mask of an image that has defect
+    pixels) and ``normal`` (every pixel of an image whose mask is empty). Per group a histogram of the
+    logits (``bins`` bins over ``[low, high]``, values outside in the end bins), the exact sum and the
+    count of logits above 0 (probability above 0.5) are accumulated, summed over steps (and ranks).
+    :meth:`compute` returns
+
+    * ``iou_at_0.5``: the pooled defect IoU of ``logit > 0`` against the masks,
+      ``TP / (TP + FP + FN)`` over the epoch (omitted when there is neither a defect nor a positive);
+    * per group ``g``: ``pixels_<g>``, ``logit_<g>_mean`` (exact), ``logit_<g>_q05`` / ``_q50`` /
+      ``_q95`` (from the histogram, to a bin's width, linearly inside the bin) and
+      ``logit_<g>_above_0`` (share of the group's pixels with probability above 0.5); a group without
+      pixels is omitted.
+
+    Underfitting shows as defect logits that stay below 0 (low ``iou_at_0.5``, a low ``logit_defect_q50``);
+    a thresholding problem as defect and background quantiles that separate but straddle another value.
+
+    Example:
+        >>> import torch
+        >>> diagnostics = LogitDiagnostics()
+        >>> logits = torch.tensor([[[[3.0, -3.0]]], [[[1.0, 1.0]]]])  # image 0: one defect pixel
+        >>> masks = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 0.0]]]])  # image 1: normal
+        >>> diagnostics.update(logits, masks)
+        >>> result = diagnostics.compute()
+        >>> result["iou_at_0.5"], result["logit_defect_mean"], result["logit_normal_above_0"]
+        (0.3333333333333333, 3.0, 1.0)
+    """
+
+    GROUPS = ("defect", "background", "normal")
+    QUANTILES = (0.05, 0.5, 0.95)
+    full_state_update = False
+    higher_is_better = None
+    is_differentiable = False
+
+    def __init__(self, low: float = -20.0, high: float = 20.0, bins: int = 4000, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not high > low or bins < 1:
+            msg = f"LogitDiagnostics needs high > low and bins >= 1, got {low}, {high}, {bins}."
+            raise ValueError(msg)
+        self.low, self.high, self.bins = low, high, bins
+        groups = len(self.GROUPS)
+        self.add_state("histogram", torch.zeros(groups, bins, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("sums", torch.zeros(groups, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("above", torch.zeros(groups, dtype=torch.int64), dist_reduce_fx="sum")
+
+    @staticmethod
+    def pixel_groups(masks: torch.Tensor) -> torch.Tensor:
+        """Each pixel's group index, ``(B, ...)`` like ``masks``: 0 defect, 1 background of a defect image, 2 normal."""
+        defect = masks > 0.5
+        defect_image = defect.reshape(len(defect), -1).any(dim=1).view(-1, *([1] * (defect.ndim - 1)))
+        groups = torch.full_like(defect, 2, dtype=torch.int64)
+        groups = torch.where(defect_image.expand_as(defect), torch.ones_like(groups), groups)
+        return torch.where(defect, torch.zeros_like(groups), groups)
+
+    def update(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
+        """Accumulate one batch: logits and masks with the same number of pixels per image (``(B, 1, H, W)``)."""
+        logits = logits.detach().float().reshape(len(logits), -1)
+        groups = self.pixel_groups(masks.detach().reshape(len(masks), -1).to(logits.device))
+        if groups.shape != logits.shape:
+            msg = f"LogitDiagnostics: logits {tuple(logits.shape)} and masks {tuple(masks.shape)} differ in size."
+            raise ValueError(msg)
+        width = (self.high - self.low) / self.bins
+        index = ((logits - self.low) / width).floor().clamp(0, self.bins - 1).long()
+        counts = torch.bincount((groups * self.bins + index).flatten(), minlength=len(self.GROUPS) * self.bins)
+        self.histogram += counts.view(len(self.GROUPS), self.bins)
+        positive = logits > 0
+        for group in range(len(self.GROUPS)):
+            member = groups == group
+            self.sums[group] += torch.where(member, logits, torch.zeros_like(logits)).sum().double()
+            self.above[group] += (member & positive).sum()
+
+    def _quantile(self, histogram: torch.Tensor, q: float) -> float:
+        """The ``q`` quantile of a group's histogram, linear inside the bin that holds it."""
+        cumulative = histogram.cumsum(0).double()
+        rank = q * float(cumulative[-1])
+        index = int(torch.searchsorted(cumulative, torch.tensor([rank], dtype=torch.float64)).clamp(max=self.bins - 1))
+        before = float(cumulative[index - 1]) if index > 0 else 0.0
+        inside = float(histogram[index])
+        fraction = (rank - before) / inside if inside > 0 else 0.0
+        width = (self.high - self.low) / self.bins
+        return self.low + width * (index + fraction)
+
+    def compute(self) -> dict[str, float]:
+        """The epoch's figures (see the class docstring)."""
+        histogram, sums, above = self.histogram.cpu(), self.sums.cpu(), self.above.cpu()
+        pixels = histogram.sum(dim=1)
+        result: dict[str, float] = {}
+        true_positives = float(above[0])
+        union = float(pixels[0]) + float(above[1]) + float(above[2])  # TP + FN + FP
+        if union > 0:
+            result["iou_at_0.5"] = true_positives / union
+        for group, name in enumerate(self.GROUPS):
+            count = int(pixels[group])
+            if count == 0:
+                continue
+            result[f"pixels_{name}"] = float(count)
+            result[f"logit_{name}_mean"] = float(sums[group]) / count
+            for q in self.QUANTILES:
+                result[f"logit_{name}_q{round(q * 100):02d}"] = self._quantile(histogram[group], q)
+            result[f"logit_{name}_above_0"] = float(above[group]) / count
+        return result
