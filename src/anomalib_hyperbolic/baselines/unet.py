@@ -35,6 +35,7 @@ from torch import nn
 
 from anomalib_hyperbolic.backbones import LITE0_ARCH, create_timm_model, load_weights_file, resolve_backbone
 from anomalib_hyperbolic.learning_types import SupervisedLearningType
+from anomalib_hyperbolic.metrics import LogitDiagnostics
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin, backbone_pre_processor
 
 __all__ = ["UNetSegmentation", "UNetSegmentationModel", "load_encoder_weights"]
@@ -131,7 +132,13 @@ class UNetSegmentation(PortableCheckpointMixin, AnomalibModule):
     Raises:
         ValueError: a weight is negative or both are zero, ``score_top_k < 1``, or the backbone
             weights do not fit the encoder.
+
+    Logged per epoch besides ``train_loss``: HADNet's logit diagnostics of the training batches
+    (:class:`~anomalib_hyperbolic.metrics.LogitDiagnostics`, ``train_iou_at_0.5``, ``train_logit_*``).
     """
+
+    #: The raw ``anomaly_map`` is a probability (sigmoid of the logits): 0.5 is a meaningful threshold.
+    anomaly_map_is_probability = True
 
     def __init__(
         self,
@@ -181,6 +188,7 @@ class UNetSegmentation(PortableCheckpointMixin, AnomalibModule):
         # rounding: smp takes the probabilities as exp(logsigmoid) and the intersection as (|P| + |M| - |P - M|) / 2.
         self.bce_loss = SoftBCEWithLogitsLoss(ignore_index=None)
         self.dice_loss = DiceLoss(mode="binary", from_logits=True, smooth=0.0, eps=1e-6)
+        self.logit_diagnostics = LogitDiagnostics()  # observes the training logits (no persistent state)
 
     @staticmethod
     def training_masks(batch: Batch) -> torch.Tensor:
@@ -206,10 +214,19 @@ class UNetSegmentation(PortableCheckpointMixin, AnomalibModule):
     def training_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """BCE + Dice between the U-Net logits and the batch's masks."""
         del args, kwargs
-        masks = self.training_masks(batch)
-        loss = self.segmentation_loss(self.model(batch.image), masks.to(batch.image.device))
+        masks = self.training_masks(batch).to(batch.image.device)
+        logits = self.model(batch.image)
+        loss = self.segmentation_loss(logits, masks)
         self.log("train_loss", loss.item(), on_epoch=True, prog_bar=True, logger=True)
+        self.logit_diagnostics.update(logits, masks)
         return {"loss": loss}
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's logit diagnostics (``train_iou_at_0.5``, ``train_logit_*``) once."""
+        if self.logit_diagnostics.update_called:
+            diagnostics = self.logit_diagnostics.compute()
+            self.log_dict({f"train_{name}": value for name, value in diagnostics.items()}, logger=True)
+            self.logit_diagnostics.reset()
 
     def validation_step(self, batch: Batch, *args: Any, **kwargs: Any) -> STEP_OUTPUT:
         """Anomaly maps (sigmoid of the logits) and image scores for the validation batch."""

@@ -8,6 +8,13 @@ Training has two stages:
    anomalous batches and the ``r`` lowest-loss maps fixed per layer (eqs. 8-10).
 2. Ordinary epochs: reconstruction networks + ARD discriminator trained on anomalous inputs.
 
+Logged per epoch (observation only, training is unchanged): the losses (``train_loss``,
+``train_seg_loss``, ``train_recon_loss``) and the discriminator's logit diagnostics
+(:class:`~anomalib_hyperbolic.metrics.LogitDiagnostics`, keys ``train_iou_at_0.5``,
+``train_logit_<defect|background|normal>_<mean|q05|q50|q95|above_0>``, ``train_pixels_<group>``):
+the IoU at probability 0.5 of the training masks and where the logits of defect pixels, the
+background of defect images and normal images lie, accumulated over the epoch and logged once.
+
 The frozen backbone's levels of plain training images (not colour-jittered, no synthetic anomaly)
 are computed once and reused (``cache_features``, :class:`~anomalib_hyperbolic.feature_cache.FeatureCache`),
 in stage 1 and in the epochs; jittered and synthetic images are always computed live.
@@ -44,7 +51,7 @@ from torchvision.transforms import v2
 from anomalib_hyperbolic.distributed import DistributedStateMixin, broadcast, shard, world_size
 from anomalib_hyperbolic.feature_cache import FeatureCache
 from anomalib_hyperbolic.learning_types import SupervisedLearningType
-from anomalib_hyperbolic.metrics import CategoryIoU, MIoU
+from anomalib_hyperbolic.metrics import CategoryIoU, LogitDiagnostics, MIoU
 from anomalib_hyperbolic.models.components import PortableCheckpointMixin
 from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 
@@ -133,6 +140,9 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         evaluator: Evaluator (default adds pixel mIoU to anomalib's metrics).
         visualizer: Visualizer.
     """
+
+    #: The raw ``anomaly_map`` is a probability (sigmoid of the discriminator's logits): 0.5 is meaningful.
+    anomaly_map_is_probability = True
 
     def __init__(
         self,
@@ -240,6 +250,8 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         )
         levels = BackboneLevels(self.model.feature_extractor, self.model.layers)
         self.feature_cache = FeatureCache(levels) if cache_features else None
+        # observes the training logits; no persistent state, so checkpoints and exports are unchanged
+        self.logit_diagnostics = LogitDiagnostics()
 
     # ------------------------------------------------------------------ anomalib hooks
     @classmethod
@@ -483,10 +495,15 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         self.log("train_loss", losses["loss"].item(), on_epoch=True, prog_bar=True, logger=True)
         self.log("train_seg_loss", losses["seg_loss"].item(), on_epoch=True, logger=True)
         self.log("train_recon_loss", losses["recon_loss"].item(), on_epoch=True, logger=True)
+        self.logit_diagnostics.update(out["logits"], masks)
         return {"loss": losses["loss"]}
 
     def on_train_epoch_end(self) -> None:
-        """Close the feature cache's epoch (it switches itself off when the inputs keep changing)."""
+        """Log the epoch's logit diagnostics; end the feature cache's epoch (it may switch itself off)."""
+        if self.logit_diagnostics.update_called:
+            diagnostics = self.logit_diagnostics.compute()
+            self.log_dict({f"train_{name}": value for name, value in diagnostics.items()}, logger=True)
+            self.logit_diagnostics.reset()
         if self.feature_cache is not None:
             self.feature_cache.end_epoch()
 
