@@ -9,9 +9,12 @@ seed and backbone weights, in its own subprocess (clean peak-memory figures, iso
 stopped. Then the figures are collected into ``results.csv`` / ``results.md`` and plotted
 (``metrics.png``, ``latency_vs_aupro.png``, ``hypad_curvature.png``).
 
-Per cell: image AUROC and F1, pixel AUROC, AUPRO (anomalib's, FPR limit 0.3), mIoU (when the
-datamodule has masks), training wall time, peak resident memory, and CPU latency at batch 1 and
-throughput at batch 8 in PyTorch eager and OpenVINO (same process, warm-up, median of >= 20 runs).
+Per cell: image AUROC and F1, pixel AUROC, AUPRO (anomalib's, FPR limit 0.3), mIoU and the mean
+per-type IoU at the validation-fitted, an oracle and (probability maps) the 0.5 threshold (when the
+datamodule has masks), the last epoch's ``train_*`` figures, training wall time, peak resident
+memory, and CPU latency at batch 1 and throughput at batch 8 in PyTorch eager and OpenVINO (same
+process, warm-up, median of >= 20 runs). ``evaluate_on: validation`` scores the validation split
+instead of the test split (see :mod:`.config`).
 
 Training on an accelerator and timing on the edge CPU are separate steps: run the grid with
 ``accelerator: gpu``, ``latency: false`` and ``save_weights: true`` where the GPU is (``--parallel N``
@@ -48,7 +51,9 @@ from anomalib_hyperbolic.benchmark.cells import (
     cell_engine,
     cell_file,
     code_version,
+    last_epoch_figures,
     latency_only_cell,
+    probability_maps,
     run_and_write_cell,
     run_cell,
     time_cell,
@@ -56,6 +61,7 @@ from anomalib_hyperbolic.benchmark.cells import (
     weights_file,
 )
 from anomalib_hyperbolic.benchmark.config import (
+    EVALUATION_SPLITS,
     MIXED_PRECISIONS,
     NORMALIZATIONS,
     apply_smoke,
@@ -63,6 +69,7 @@ from anomalib_hyperbolic.benchmark.config import (
     cell_normalization,
     cell_precision,
     cell_seed,
+    evaluation_split,
     expand_seeds,
     import_class,
     load_config,
@@ -76,11 +83,13 @@ from anomalib_hyperbolic.benchmark.config import (
 from anomalib_hyperbolic.benchmark.grid import main, run_grid
 from anomalib_hyperbolic.benchmark.reports import (
     COLUMNS,
+    DIAGNOSTIC_COLUMNS,
     LATENCY_COLUMNS,
     METRIC_COLUMNS,
     PRECISION_METRICS,
     RAW_METRIC_COLUMNS,
     SUMMARY_COLUMNS,
+    THRESHOLD_COLUMNS,
     TRAINING_COLUMNS,
     collect,
     plot,
@@ -93,6 +102,8 @@ from anomalib_hyperbolic.benchmark.timing import PRECISIONS, batch_infer_request
 
 __all__ = [
     "COLUMNS",
+    "DIAGNOSTIC_COLUMNS",
+    "EVALUATION_SPLITS",
     "LATENCY_COLUMNS",
     "METRIC_COLUMNS",
     "MIXED_PRECISIONS",
@@ -101,6 +112,7 @@ __all__ = [
     "PRECISION_METRICS",
     "RAW_METRIC_COLUMNS",
     "SUMMARY_COLUMNS",
+    "THRESHOLD_COLUMNS",
     "TRAINING_COLUMNS",
     "apply_smoke",
     "apply_subset",
@@ -115,9 +127,11 @@ __all__ = [
     "code_version",
     "collect",
     "dataset_root",
+    "evaluation_split",
     "evaluator",
     "expand_seeds",
     "import_class",
+    "last_epoch_figures",
     "latency_only_cell",
     "load_config",
     "load_trained_state",
@@ -130,6 +144,7 @@ __all__ = [
     "prepare_cell",
     "prepare_data_once",
     "prepare_files",
+    "probability_maps",
     "provision",
     "run_and_write_cell",
     "run_cell",

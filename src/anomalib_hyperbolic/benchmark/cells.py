@@ -26,6 +26,7 @@ from anomalib_hyperbolic.benchmark.config import (
     MIXED_PRECISIONS,
     cell_precision,
     cell_seed,
+    evaluation_split,
     precision_arguments,
     training_limits,
     validation_interval,
@@ -83,27 +84,37 @@ def run_cell(
 
     import torch
 
-    from anomalib_hyperbolic.metrics import RawScoreMetrics, TrainingStepTimer
+    from anomalib_hyperbolic.metrics import CategoryIoUThresholds, RawScoreMetrics, TrainingStepTimer
 
     if spec.get("latency_only"):
         return latency_only_cell(config, spec, cell_dir)
     datamodule, split_sizes, model = prepare_cell(config, spec)
-    raw_scores = RawScoreMetrics(pixel_metrics=bool(config.get("pixel_metrics", True)))
+    evaluate_on = evaluation_split(config, spec)
+    pixel_metrics = bool(config.get("pixel_metrics", True))
+    raw_scores = RawScoreMetrics(pixel_metrics=pixel_metrics)
+    callbacks: list[Any] = [raw_scores]
+    if pixel_metrics:
+        callbacks.append(CategoryIoUThresholds(probability_threshold=0.5 if probability_maps(spec, model) else None))
     step_timer = TrainingStepTimer()
     initial = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()} if weights else {}
     limits = training_limits(spec)
     _, f32_evaluation = cell_precision(config, spec)
-    # raw_scores: a trainer callback, runs before the post-processor
-    engine = cell_engine(config, spec, model, cell_dir, callbacks=[raw_scores, step_timer])
+    # raw_scores and the IoU thresholds: trainer callbacks, run before the post-processor
+    engine = cell_engine(config, spec, model, cell_dir, callbacks=[*callbacks, step_timer])
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
     train_seconds = time.perf_counter() - start
     # what training actually ran: a max_time cap can stop it before max_steps / max_epochs
     reached = {"steps_run": engine.trainer.global_step, "epochs_run": engine.trainer.current_epoch}
-    metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]  # every rank: metrics sync
+    training = last_epoch_figures(engine.trainer.callback_metrics)
+    if evaluate_on == "validation":  # every rank: metrics sync
+        metrics = engine.test(model=model, dataloaders=datamodule.val_dataloader(), verbose=False)[0]
+    else:
+        metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     if not engine.trainer.is_global_zero:
         return None  # under DDP rank 0 alone saves, times and writes the cell
     row: dict[str, Any] = {"name": spec["name"], "train_seconds": train_seconds, **reached, **limits}
+    row.update({key: value for key, value in training.items() if key not in row})
     # training-loop throughput (TrainingStepTimer: set-up passes and the first step excluded); steps are
     # optimiser steps (each rank takes every one), images are counted over all ranks
     row["world_size"] = engine.trainer.world_size
@@ -118,6 +129,10 @@ def run_cell(
             row["train_images_per_second"] = step_timer.steps_per_second * batch * engine.trainer.world_size
     row.update({key: float(value) for key, value in metrics.items()})
     row.update(raw_scores.results)
+    for callback in callbacks[1:]:  # the IoU at the validation, oracle and probability thresholds
+        row.update(callback.results)
+    row["evaluated_on"] = evaluate_on
+    row["evaluated_images"] = raw_scores.images
     row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         row["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -143,6 +158,33 @@ def run_cell(
         if spec.get(key):
             row[key] = spec[key]
     return row
+
+
+def probability_maps(spec: dict[str, Any], model: Any) -> bool:
+    """Whether the cell's raw ``anomaly_map`` is a probability, so that 0.5 is a threshold worth reporting.
+
+    The cell's ``probability_maps`` when set, else the model's ``anomaly_map_is_probability``
+    (HADNet, the U-Net baseline: sigmoid outputs), else ``False``.
+    """
+    if spec.get("probability_maps") is not None:
+        return bool(spec["probability_maps"])
+    return bool(getattr(model, "anomaly_map_is_probability", False))
+
+
+def last_epoch_figures(callback_metrics: dict[str, Any]) -> dict[str, float]:
+    """The ``train_*`` figures a model logged for its last training epoch (losses, diagnostics), as floats.
+
+    Lightning's per-step copies (``*_step``) and suffixed epoch copies (``*_epoch``) are left out:
+    the plain key already holds the epoch value.
+    """
+    figures = {}
+    for key, value in callback_metrics.items():
+        if key.startswith("train_") and not key.endswith(("_step", "_epoch")):
+            try:
+                figures[key] = float(value)
+            except (TypeError, ValueError):
+                continue
+    return figures
 
 
 def code_version() -> str:

@@ -19,6 +19,7 @@ Config (YAML; the protocol configs are in ``configs/benchmark/``, e.g. ``mt_cpu.
     precision: 32-true                         # Lightning's training precision, e.g. bf16-mixed (bf16 autocast)
     f32_evaluation: true                       # mixed precisions: validation/test/predict steps stay float32
     save_weights: false                        # keep each cell's trained state for `--time-only`
+    evaluate_on: test                          # or validation: score the datamodule's validation split
     prepare: [{path: ..., function: ..., init_args: {...}}]   # files made once before the cells
     models:
       - name: SimpleNet
@@ -33,6 +34,9 @@ Config (YAML; the protocol configs are in ``configs/benchmark/``, e.g. ``mt_cpu.
         normalization: null         # per-cell override: model | backbone | imagenet
         precision: null             # per-cell override of precision (e.g. bf16-mixed)
         f32_evaluation: null        # per-cell override of f32_evaluation
+        evaluate_on: null           # per-cell override of evaluate_on
+        probability_maps: null      # the raw anomaly_map is a probability (default: the model's
+                                    # anomaly_map_is_probability): also score it at 0.5
         check_val_every_n_epoch: null   # default: see validation_interval
         latency_only: null          # {buffers: {...}}: timed, not trained (see cell_model.untrained_model)
         smoke: {}                   # this model's part of the --smoke size
@@ -43,6 +47,19 @@ with ``f32_evaluation`` (default) validation, test and prediction run in float32
 (:class:`~anomalib_hyperbolic.precision.TrainOnlyMixedPrecision`), so anomaly maps, scores and the
 thresholds set on validation are not rounded to bf16. An epoch-based cell validates once, after its
 last epoch (see :func:`validation_interval`); step- or time-limited cells validate every epoch.
+
+``evaluate_on: validation`` scores the cell on the datamodule's validation split instead of its
+test split (:func:`evaluation_split`): the split on which design choices are measured, so that the
+reported test images never choose a setting. The thresholds anomalib fits on that same split are
+then applied to it, so the validation-fitted IoU is optimistic there; the row records
+``evaluated_on`` and ``evaluated_images``. Training, the threshold fit and ``precision_effect``
+(always the test split) are unchanged.
+
+Every cell with masks also reports the mean per-type IoU (``pixel_CategoryIoU``, HADNet eqs. 14-15)
+of its raw maps at the validation-fitted threshold, at an oracle threshold fitted on the evaluated
+images (a diagnostic) and, for probability maps, at 0.5
+(:class:`~anomalib_hyperbolic.metrics.CategoryIoUThresholds`), and the last training epoch's
+logged ``train_*`` figures (losses; HADNet's and the U-Net's logit diagnostics).
 """
 
 from __future__ import annotations
@@ -234,6 +251,25 @@ def validation_interval(spec: dict[str, Any], trainer_arguments: dict[str, Any] 
     if limits.get("max_time") or (max_steps is not None and int(max_steps) >= 0):
         return 1
     return int(max_epochs) if max_epochs is not None and int(max_epochs) > 1 else 1
+
+
+#: ``evaluate_on`` values: the datamodule's test split (default) or its validation split.
+EVALUATION_SPLITS = ("test", "validation")
+
+
+def evaluation_split(config: dict[str, Any], spec: dict[str, Any]) -> str:
+    """The split a cell is scored on: its own ``evaluate_on``, else the config's, else ``"test"``.
+
+    ``"validation"`` scores the datamodule's ``val_dataloader()`` (e.g. Magnetic Tile's ratio split
+    keeps defects with masks there): the split on which design choices are measured.
+    """
+    split = spec.get("evaluate_on") or config.get("evaluate_on") or "test"  # null: not set
+    if split not in EVALUATION_SPLITS:
+        msg = (
+            f"benchmark model {spec.get('name')!r}: evaluate_on must be one of {list(EVALUATION_SPLITS)}, got {split!r}"
+        )
+        raise ValueError(msg)
+    return split
 
 
 def training_limits(spec: dict[str, Any]) -> dict[str, Any]:

@@ -20,13 +20,21 @@ from typing import Any
 METRIC_COLUMNS = ["image_AUROC", "image_F1Score", "pixel_AUROC", "pixel_AUPRO", "pixel_MIoU", "pixel_CategoryIoU"]
 # the same threshold-free metrics on raw model scores, before anomalib's normalise-and-clamp
 RAW_METRIC_COLUMNS = ["raw_image_AUROC", "raw_pixel_AUROC", "raw_pixel_AUPRO"]
-SUMMARY_COLUMNS = [*METRIC_COLUMNS, *RAW_METRIC_COLUMNS]
+# the mean per-type IoU of the raw maps at the validation-fitted threshold (what pixel_CategoryIoU reports),
+# at an oracle threshold fitted on the evaluated images (a diagnostic, never a result) and at probability 0.5
+# (probability maps only); see metrics.CategoryIoUThresholds
+THRESHOLD_COLUMNS = ["pixel_CategoryIoU_val_threshold", "pixel_CategoryIoU_oracle", "pixel_CategoryIoU_at_0.5"]
+# the last training epoch's IoU at probability 0.5 of the training masks (metrics.LogitDiagnostics)
+DIAGNOSTIC_COLUMNS = ["train_iou_at_0.5"]
+SUMMARY_COLUMNS = [*METRIC_COLUMNS, *RAW_METRIC_COLUMNS, *THRESHOLD_COLUMNS, *DIAGNOSTIC_COLUMNS]
 LATENCY_COLUMNS = ["torch_latency_ms_b1", "openvino_latency_ms_b1"]
 TRAINING_COLUMNS = ["train_seconds", "train_steps_per_second", "train_images_per_second"]
 COLUMNS = [
     "name",
     *METRIC_COLUMNS,
     *RAW_METRIC_COLUMNS,
+    *THRESHOLD_COLUMNS,
+    *DIAGNOSTIC_COLUMNS,
     "train_seconds",
     "train_steps_per_second",
     "peak_memory_mb",
@@ -52,11 +60,11 @@ def seed_summary(rows: list[dict[str, Any]], columns: Sequence[str] | None = Non
     """Mean and sample standard deviation (n - 1) of every metric over cells that differ only in ``seed``.
 
     Cells expanded from one model's ``seeds`` share its ``group``; other cells are grouped by class,
-    init arguments, training limits, data wrapper, data overrides and training precision (``precision``,
-    ``f32_evaluation``), named after their first cell without a trailing seed tag (``" s1"``). Returns
-    one entry per group, in first-seen order, with
-    ``seeds``, ``class_path``, ``init_args`` and, per metric and latency column, ``<column>_mean``, ``<column>_std`` and
-    ``<column>_values`` (one value per seed).
+    init arguments, training limits, data wrapper, data overrides, training precision (``precision``,
+    ``f32_evaluation``) and evaluated split (``evaluated_on``), named after their first cell without a
+    trailing seed tag (``" s1"``). Returns one entry per group, in first-seen order, with ``seeds``,
+    ``class_path``, ``init_args`` and, per metric and latency column, ``<column>_mean``,
+    ``<column>_std`` and ``<column>_values`` (one value per seed).
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -64,8 +72,11 @@ def seed_summary(rows: list[dict[str, Any]], columns: Sequence[str] | None = Non
         data = [row.get("data_wrapper"), row.get("data_overrides")]  # e.g. DRA's K and seen class
         # the training precision (rows written before it was recorded trained at 32-true)
         precision = [row.get("precision") or "32-true", row.get("f32_evaluation")]
+        split = row.get("evaluated_on") or "test"  # rows written before evaluate_on were scored on test
         key = json.dumps(
-            [row.get("class_path"), row.get("init_args", {}), limits, data, precision], sort_keys=True, default=str
+            [row.get("class_path"), row.get("init_args", {}), limits, data, precision, split],
+            sort_keys=True,
+            default=str,
         )
         groups.setdefault(f"group:{row['group']}" if "group" in row else key, []).append(row)
     summary = []
