@@ -629,26 +629,32 @@ class LogitDiagnostics(Metric):
         """Each pixel's group index, ``(B, ...)`` like ``masks``: 0 defect, 1 background of a defect image, 2 normal."""
         defect = masks > 0.5
         defect_image = defect.reshape(len(defect), -1).any(dim=1).view(-1, *([1] * (defect.ndim - 1)))
-        groups = torch.full_like(defect, 2, dtype=torch.int64)
-        groups = torch.where(defect_image.expand_as(defect), torch.ones_like(groups), groups)
-        return torch.where(defect, torch.zeros_like(groups), groups)
+        return 2 - defect_image.long() - defect.long()  # a defect pixel lies in a defect image: 2 - 1 - 1
 
     def update(self, logits: torch.Tensor, masks: torch.Tensor) -> None:
         """Accumulate one batch: logits and masks with the same number of pixels per image (``(B, 1, H, W)``)."""
         logits = logits.detach().float().reshape(len(logits), -1)
-        groups = self.pixel_groups(masks.detach().reshape(len(masks), -1).to(logits.device))
-        if groups.shape != logits.shape:
+        defect = masks.detach().reshape(len(masks), -1).to(logits.device) > 0.5
+        if defect.shape != logits.shape:
             msg = f"LogitDiagnostics: logits {tuple(logits.shape)} and masks {tuple(masks.shape)} differ in size."
             raise ValueError(msg)
+        defect_image = defect.any(dim=1)
         width = (self.high - self.low) / self.bins
         index = ((logits - self.low) / width).floor().clamp(0, self.bins - 1).long()
-        counts = torch.bincount((groups * self.bins + index).flatten(), minlength=len(self.GROUPS) * self.bins)
+        index += (2 - defect_image.long()).unsqueeze(1) * self.bins - defect.long() * self.bins  # + group * bins
+        counts = torch.bincount(index.flatten(), minlength=len(self.GROUPS) * self.bins)
         self.histogram += counts.view(len(self.GROUPS), self.bins)
+        # sums and counts above 0 per image, and over the defect pixels; the background is their difference
         positive = logits > 0
-        for group in range(len(self.GROUPS)):
-            member = groups == group
-            self.sums[group] += torch.where(member, logits, torch.zeros_like(logits)).sum().double()
-            self.above[group] += (member & positive).sum()
+        image_sums, image_above = logits.sum(dim=1, dtype=torch.float64), positive.sum(dim=1)
+        defect_sum = torch.where(defect, logits, torch.zeros_like(logits)).sum(dtype=torch.float64)
+        defect_above = (positive & defect).sum()
+        self.sums += torch.stack(
+            [defect_sum, image_sums[defect_image].sum() - defect_sum, image_sums[~defect_image].sum()]
+        )
+        self.above += torch.stack(
+            [defect_above, image_above[defect_image].sum() - defect_above, image_above[~defect_image].sum()]
+        )
 
     def _quantile(self, histogram: torch.Tensor, q: float) -> float:
         """The ``q`` quantile of a group's histogram, linear inside the bin that holds it."""
