@@ -649,11 +649,11 @@ class LogitDiagnostics(Metric):
         image_sums, image_above = logits.sum(dim=1, dtype=torch.float64), positive.sum(dim=1)
         defect_sum = torch.where(defect, logits, torch.zeros_like(logits)).sum(dtype=torch.float64)
         defect_above = (positive & defect).sum()
-        self.sums += torch.stack(
-            [defect_sum, image_sums[defect_image].sum() - defect_sum, image_sums[~defect_image].sum()]
-        )
+        # masks by multiplication, not boolean indexing: no host-device synchronisation on a GPU
+        in_defect_images = (image_sums * defect_image).sum(), (image_above * defect_image).sum()
+        self.sums += torch.stack([defect_sum, in_defect_images[0] - defect_sum, image_sums.sum() - in_defect_images[0]])
         self.above += torch.stack(
-            [defect_above, image_above[defect_image].sum() - defect_above, image_above[~defect_image].sum()]
+            [defect_above, in_defect_images[1] - defect_above, image_above.sum() - in_defect_images[1]]
         )
 
     def _quantile(self, histogram: torch.Tensor, q: float) -> float:
