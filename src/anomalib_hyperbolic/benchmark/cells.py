@@ -132,7 +132,7 @@ def run_cell(
     for callback in callbacks[1:]:  # the IoU at the validation, oracle and probability thresholds
         row.update(callback.results)
     row["evaluated_on"] = evaluate_on
-    row["evaluated_images"] = raw_scores.images
+    row["evaluated_images"] = raw_scores.images  # under DDP, rank 0's share
     row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         row["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -172,10 +172,11 @@ def probability_maps(spec: dict[str, Any], model: Any) -> bool:
 
 
 def last_epoch_figures(callback_metrics: dict[str, Any]) -> dict[str, float]:
-    """The ``train_*`` figures a model logged for its last training epoch (losses, diagnostics), as floats.
+    """The ``train_*`` figures a model logged in its last training epoch (losses, diagnostics), as floats.
 
-    Lightning's per-step copies (``*_step``) and suffixed epoch copies (``*_epoch``) are left out:
-    the plain key already holds the epoch value.
+    A figure logged with ``on_epoch=True`` (the losses of HADNet and the U-Net) is the epoch's mean,
+    one logged at the epoch's end (their ``LogitDiagnostics``) is that value, and one logged per step
+    only is the last step's. Lightning's suffixed copies (``*_step``, ``*_epoch``) are left out.
     """
     figures = {}
     for key, value in callback_metrics.items():
