@@ -167,3 +167,15 @@ def test_nearest_neighbour_maps() -> None:
     torch.testing.assert_close(nearest_neighbour_maps(bank, shifted), torch.tensor([[[1.0, 1.0]]]))
     with pytest.raises(ValueError, match="does not match"):
         nearest_neighbour_maps(torch.zeros(3, 5), features)
+
+
+def test_distill_on_random_crops(folder: Path, tmp_path: Path) -> None:
+    """Crops of the resized images train the teacher (targets per crop); a bad crop size is named."""
+    output = distill_teacher(
+        folder, tmp_path / "crops.pth", steps=2, resume=False, crop_size=64, **{**KW, "image_size": 96}
+    )
+    checkpoint = torch.load(output.with_suffix(".pth.ckpt"), weights_only=True)
+    assert checkpoint["config"]["crop_size"] == 64
+    assert checkpoint["config"]["image_size"] == 96
+    with pytest.raises(ValueError, match="crop_size"):
+        distill_teacher(folder, tmp_path / "bad.pth", steps=1, crop_size=128, **{**KW, "image_size": 96})
