@@ -177,5 +177,10 @@ def test_distill_on_random_crops(folder: Path, tmp_path: Path) -> None:
     checkpoint = torch.load(output.with_suffix(".pth.ckpt"), weights_only=True)
     assert checkpoint["config"]["crop_size"] == 64
     assert checkpoint["config"]["image_size"] == 96
+    bf16 = distill_teacher(folder, tmp_path / "bf16.pth", steps=2, resume=False, bf16=True, **KW)
+    assert torch.load(bf16.with_suffix(".pth.ckpt"), weights_only=True)["config"]["bf16"] is True
+    state = torch.load(bf16, weights_only=True)
+    assert all(value.dtype == torch.float32 for value in state.values())  # float32 weights under autocast
+    HypAD(teacher_weights=bf16, imagenet_dir=None)  # the channels-last weights load into a plain PDN
     with pytest.raises(ValueError, match="crop_size"):
         distill_teacher(folder, tmp_path / "bad.pth", steps=1, crop_size=128, **{**KW, "image_size": 96})

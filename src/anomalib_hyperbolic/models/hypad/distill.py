@@ -192,6 +192,7 @@ def distill_teacher(
     device: str = "cpu",
     cache_megabytes: float = 2048.0,
     crop_size: int | None = None,
+    bf16: bool = False,
 ) -> Path:
     """Distil a PDN teacher from a timm backbone on the images below ``image_dir``.
 
@@ -224,6 +225,8 @@ def distill_teacher(
             the content scale of ``image_size`` inputs at a fraction of the cost (a PDN-S step at 256 px
             costs about 30 GFLOP an image; a 128 px crop a quarter of that). ``None``: whole images.
             Crops are random, so their targets are computed every step (no in-memory cache).
+        bf16: Run the teacher's forward under bf16 autocast (float32 weights, optimiser and loss).
+            With the PDN in channels-last, a CPU with bf16 matrix units runs a step about 4x faster.
 
     Returns:
         The path of the teacher state dict.
@@ -259,6 +262,7 @@ def distill_teacher(
         "target_normalization": "backbone",  # earlier checkpoints normalised every backbone's input as ImageNet's
         "image_size": int(image_size),
         "crop_size": crop_size,
+        "bf16": bool(bf16),
         "layers": list(layers),
         "model_size": size.value,
         "out_channels": int(out_channels),
@@ -267,6 +271,7 @@ def distill_teacher(
     torch.manual_seed(seed)
     target_net = DistillationTargets(str(backbone), layers, out_channels, pre_trained).to(device)
     teacher = build_pdn(size, out_channels).to(device)
+    teacher.to(memory_format=torch.channels_last)  # faster convolutions on CPU; same weights and graph
     optimizer = torch.optim.Adam(teacher.parameters(), lr=lr, weight_decay=weight_decay)
     transforms = [Resize((image_size, image_size), antialias=True)]
     if crop_size is not None:
@@ -339,7 +344,9 @@ def distill_teacher(
             images = next(batches).to(device)
             raw_target = target_net(images, grid)
         target = (raw_target - mean) / std
-        loss = F.mse_loss(teacher(images), target)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            prediction = teacher(images.contiguous(memory_format=torch.channels_last))
+        loss = F.mse_loss(prediction.float(), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -400,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out-channels", type=int, default=384)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--crop-size", type=int, default=None, help="train on random crops of this size")
+    parser.add_argument("--bf16", action="store_true", help="the teacher's forward under bf16 autocast")
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-4)
@@ -423,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out_channels=args.out_channels,
             image_size=args.image_size,
             crop_size=args.crop_size,
+            bf16=args.bf16,
             steps=args.steps,
             batch_size=args.batch_size,
             lr=args.lr,
