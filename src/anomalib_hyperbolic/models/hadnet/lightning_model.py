@@ -21,7 +21,12 @@ in stage 1 and in the epochs; jittered and synthetic images are always computed 
 
 Anomalous inputs ``G_n`` are synthetic (anomalib's :class:`PerlinAnomalyGenerator`, DRAEM-style,
 optional texture folder) in ``training_mode="unsupervised"``, or the real defect images and masks
-of the training split in ``training_mode="supervised"``.
+of the training split in ``training_mode="supervised"`` (with ``supervised_synthesis``, the
+training normals also become synthetic anomalies, with their clean twin as reconstruction target).
+
+Options of this package beyond the paper (issue 32's design study; every default is the paper's
+path): ``seg_loss``, ``dice_per_image``, ``lr_schedule``, ``discriminator_input``, ``discriminator_head``,
+``train_backbone`` and ``supervised_synthesis`` (``defaults.py`` says why each exists).
 """
 
 from __future__ import annotations
@@ -116,14 +121,22 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         blend_factor: Blend range of the synthetic anomalies.
         color_jitter_p: Probability of ColorJitter per training image (paper: 0.25).
         color_jitter: Brightness / contrast / saturation strengths of that ColorJitter.
+        supervised_synthesis: Supervised mode: turn ``anomaly_probability`` of the training normals (images
+            without defect pixels) into Perlin anomalies, whose clean twins are the reconstruction targets
+            (the real defects keep their masks and the masked reconstruction loss). Epochs only; stage 1
+            sees the real defects as before. Default ``False``.
         cache_features: Compute the frozen backbone's levels of each plain training image (not
             colour-jittered, no synthetic anomaly) once and reuse them in stage 1 and later epochs
             (:class:`~anomalib_hyperbolic.feature_cache.FeatureCache`); jittered and synthetic images
             are computed live and never stored. The model and its updates are unchanged (features
-            agree to the last bits). Default ``True``.
+            agree to the last bits). Default ``True``; must be ``False`` with ``train_backbone``.
+        train_backbone: Fine-tune the backbone with the heads (same Adam and learning rate; its BatchNorm
+            stays in eval mode). The HST statistics and the AFSS selection stay those of stage 1.
         lr: Adam learning rate (paper: 1e-3).
         lr_step_size: Epochs between learning-rate decays (step decay).
         lr_gamma: Learning-rate decay factor.
+        lr_schedule: ``"step"`` (``StepLR(lr_step_size, lr_gamma)`` per epoch) or ``"cosine"`` (cosine decay
+            from ``lr`` to 0 over the run's optimiser steps, ``trainer.estimated_stepping_batches``).
         init_batches: Batches used for the HST statistics and the AFSS scores.
         hst_steps: Optimisation steps fitting the Poincaré hyperplanes before AFSS.
         hst_lr: Learning rate of those steps.
@@ -131,6 +144,14 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         seg_weight: Weight of the segmentation loss.
         dice_weight: Weight of the Dice term in it.
         recon_weight: Weight of the reconstruction loss.
+        seg_loss: Pixel term of the segmentation loss: ``"bce_dice"``, ``"balanced_bce_dice"`` or ``"focal_dice"``
+            (:class:`~anomalib_hyperbolic.models.hadnet.loss.HADNetLoss`).
+        focal_alpha: Focal loss weight of the positives (``"focal_dice"``).
+        focal_gamma: Focal loss exponent (``"focal_dice"``).
+        dice_per_image: Dice as the mean over defect images instead of one Dice over the batch.
+        discriminator_input: ``"ranked_residuals"`` (the paper's ARD ``Lambda``) or ``"residuals_and_features"``
+            (plus the selected features and signed residuals in a fixed channel order).
+        discriminator_head: ``"plain"`` or ``"realnet"`` (residual stack + a x2 decoder stage).
         mean: Image normalisation mean, applied inside the model; ``None``: the paper's values for the
             paper's WideResNet-50 backbone, the backbone's own (timm's, e.g. 0.5 for EfficientNet-Lite0)
             for any other (:func:`~anomalib_hyperbolic.models.hadnet.torch_model.image_normalization`).
@@ -165,10 +186,13 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         blend_factor: float | tuple[float, float] = DEFAULTS.blend_factor,
         color_jitter_p: float = DEFAULTS.color_jitter_p,
         color_jitter: float = DEFAULTS.color_jitter,
+        supervised_synthesis: bool = DEFAULTS.supervised_synthesis,
         cache_features: bool = DEFAULTS.cache_features,
+        train_backbone: bool = DEFAULTS.train_backbone,
         lr: float = DEFAULTS.lr,
         lr_step_size: int = DEFAULTS.lr_step_size,
         lr_gamma: float = DEFAULTS.lr_gamma,
+        lr_schedule: str = DEFAULTS.lr_schedule,
         init_batches: int = DEFAULTS.init_batches,
         hst_steps: int = DEFAULTS.hst_steps,
         hst_lr: float = DEFAULTS.hst_lr,
@@ -176,6 +200,12 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         seg_weight: float = DEFAULTS.seg_weight,
         dice_weight: float = DEFAULTS.dice_weight,
         recon_weight: float = DEFAULTS.recon_weight,
+        seg_loss: str = DEFAULTS.seg_loss,
+        focal_alpha: float = DEFAULTS.focal_alpha,
+        focal_gamma: float = DEFAULTS.focal_gamma,
+        dice_per_image: bool = DEFAULTS.dice_per_image,
+        discriminator_input: str = DEFAULTS.discriminator_input,
+        discriminator_head: str = DEFAULTS.discriminator_head,
         mean: Sequence[float] | None = DEFAULTS.mean,
         std: Sequence[float] | None = DEFAULTS.std,
         pre_processor: nn.Module | bool = True,
@@ -193,6 +223,7 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
             "selection": (selection, {"afss", "random"}),
             "afss_target": (afss_target, {"hyperplane", "mask"}),
             "training_mode": (training_mode, {"unsupervised", "supervised"}),
+            "lr_schedule": (lr_schedule, {"step", "cosine"}),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
@@ -209,6 +240,12 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         if not isinstance(hst_steps, int) or hst_steps < 0:
             msg = f"`hst_steps` must be an int >= 0, got {hst_steps!r}."
             raise ValueError(msg)
+        if train_backbone and cache_features:
+            msg = (
+                "`train_backbone=True` needs `cache_features=False`: the feature cache stores the backbone's "
+                "levels once, but a backbone in training changes them every step."
+            )
+            raise ValueError(msg)
 
         self.model = HADNetModel(
             backbone=backbone,
@@ -224,14 +261,27 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
             residual_selection=residual_selection,
             mean=mean,
             std=std,
+            discriminator_input=discriminator_input,
+            discriminator_head=discriminator_head,
+            train_backbone=train_backbone,
         )
-        self.loss = HADNetLoss(seg_weight=seg_weight, dice_weight=dice_weight, recon_weight=recon_weight)
+        self.loss = HADNetLoss(
+            seg_weight=seg_weight,
+            dice_weight=dice_weight,
+            recon_weight=recon_weight,
+            seg_loss=seg_loss,
+            focal_alpha=focal_alpha,
+            focal_gamma=focal_gamma,
+            dice_per_image=dice_per_image,
+        )
         self.selection = selection
         self.afss_target = afss_target
         self.training_mode = training_mode
         self.lr = lr
         self.lr_step_size = lr_step_size
         self.lr_gamma = lr_gamma
+        self.lr_schedule = lr_schedule
+        self.supervised_synthesis = supervised_synthesis
         self.init_batches = init_batches
         self.hst_steps = hst_steps
         self.hst_lr = hst_lr
@@ -295,9 +345,20 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         return LearningType.ONE_CLASS
 
     def configure_optimizers(self) -> tuple[list[torch.optim.Optimizer], list[Any]]:
-        """Adam (paper: lr 1e-3) with step decay, over reconstruction nets and discriminator."""
+        """Adam (paper: lr 1e-3) over reconstruction nets and discriminator (and the backbone with ``train_backbone``).
+
+        ``lr_schedule="step"``: the paper's step decay, ``StepLR(lr_step_size, lr_gamma)`` per epoch.
+        ``"cosine"`` (this package's option): ``CosineAnnealingLR`` stepped per optimiser step over
+        ``trainer.estimated_stepping_batches``, from ``lr`` to 0 whatever ``max_epochs`` is.
+        """
         params = list(self.model.reconstructors.parameters()) + list(self.model.discriminator.parameters())
+        if self.model.train_backbone:
+            params += list(self.model.feature_extractor.parameters())
         optimizer = torch.optim.Adam(params, lr=self.lr)
+        if self.lr_schedule == "cosine":
+            steps = max(1, int(self.trainer.estimated_stepping_batches))
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+            return [optimizer], [{"scheduler": cosine, "interval": "step"}]
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=self.lr_step_size, gamma=self.lr_gamma)
         return [optimizer], [scheduler]
 
@@ -347,10 +408,30 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         else:
             jittered = torch.zeros(len(images), dtype=torch.bool, device=images.device)
         if self.training_mode == "supervised":
-            return images, self._real_masks(batch), None, jittered
+            masks = self._real_masks(batch)
+            if self.supervised_synthesis and not init:
+                return (*self._synthesise_on_normals(images, masks), jittered)
+            return images, masks, None, jittered
         augmenter = self.init_augmenter if init else self.augmenter
         anomalous, masks = augmenter(images)
         return anomalous.clamp(0, 1), (masks > 0.5).float(), images, jittered
+
+    def _synthesise_on_normals(
+        self, images: torch.Tensor, masks: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(G_n, mask, I_n)`` of a supervised batch with ``supervised_synthesis``.
+
+        The images without defect pixels go through the Perlin generator (``anomaly_probability`` of
+        them become anomalous, with their Perlin mask); their twin ``I_n`` is the clean image. A real
+        defect image keeps its mask and is its own twin (the loss then masks its reconstruction term).
+        """
+        normal_rows = masks.flatten(1).amax(dim=1) == 0
+        anomalous, masks = images.clone(), masks.clone()
+        if bool(normal_rows.any()):
+            synthetic, synthetic_masks = self.augmenter(images[normal_rows])
+            anomalous[normal_rows] = synthetic.clamp(0, 1)
+            masks[normal_rows] = (synthetic_masks > 0.5).float().view(-1, *masks.shape[1:])
+        return anomalous, masks, images
 
     @staticmethod
     def _plain(anomalous: torch.Tensor, normal: torch.Tensor | None, jittered: torch.Tensor) -> torch.Tensor:
@@ -364,9 +445,10 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
             plain = plain & (anomalous == normal).flatten(1).all(dim=1)
         return plain
 
-    @torch.no_grad()
     def _levels(self, images: torch.Tensor, cacheable: torch.Tensor | bool = True) -> list[torch.Tensor]:
         """``HADNetModel.extract(images)``, the ``cacheable`` rows through the feature cache.
+
+        Without gradients, except a training ``train_backbone`` model's (which has no cache).
 
         Only plain training images may be ``cacheable`` (a ``(B,)`` mask or one bool for all):
         their levels are a fixed function of the image. The other rows are computed live and never
@@ -486,11 +568,16 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         anomalous, masks, normal, jittered = self._anomalous(batch, jitter=True)
         normal_levels = None
         if normal is not None:  # the twins first: an input the Perlin generator left as it was hits their entry
-            normal_levels = self._levels(normal, cacheable=~jittered)
+            with torch.no_grad():  # targets only (a train_backbone model would otherwise keep their graph)
+                normal_levels = self._levels(normal, cacheable=~jittered)
         levels = self._levels(anomalous, cacheable=self._plain(anomalous, normal, jittered))
         out = self.model(anomalous, levels=levels, normal_levels=normal_levels)
         # real anomalies have no normal twin: the reconstruction loss counts the pixels outside their masks
         recon_masks = masks if normal is None else None
+        if normal is not None and self.training_mode == "supervised":  # supervised_synthesis
+            # a real defect is its own twin (unchanged input): outside its mask only; synthetic ones: everywhere
+            own_twin = (anomalous == normal).flatten(1).all(dim=1)
+            recon_masks = masks * own_twin.view(-1, 1, 1, 1).to(masks.dtype)
         losses = self.loss(out["logits"], masks, out["reconstructions"], out["targets"], recon_masks)
         self.log("train_loss", losses["loss"].item(), on_epoch=True, prog_bar=True, logger=True)
         self.log("train_seg_loss", losses["seg_loss"].item(), on_epoch=True, logger=True)

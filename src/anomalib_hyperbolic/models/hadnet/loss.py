@@ -3,7 +3,9 @@
 * Segmentation loss of the discriminator: binary cross-entropy plus soft Dice on the anomaly
   logits against the (synthetic or real) anomaly mask. RealNet uses a 2-class cross-entropy;
   the Dice term is added because HADNet is judged by mIoU (eqs. 14-15) and anomalies cover a few
-  percent of the pixels.
+  percent of the pixels. This package's options (issue 32, none of them the paper's): the
+  pixel term as class-balanced BCE or focal loss (``seg_loss``), and Dice per defect image
+  (``dice_per_image``).
 * Reconstruction loss: MSE between the reconstruction of the anomalous features and the normal
   features (RealNet's FeatureMSELoss). With real anomalies (supervised-mask mode) there is no
   normal twin image, so the loss is restricted to the pixels outside the mask.
@@ -18,8 +20,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import sigmoid_focal_loss
 
 from .defaults import DEFAULTS
+
+#: the values of ``HADNetLoss(seg_loss=...)``
+SEG_LOSSES = ("bce_dice", "balanced_bce_dice", "focal_dice")
 
 
 def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -29,8 +35,22 @@ def soft_dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) 
     return 1 - (2 * intersection + eps) / (probs.sum() + masks.sum() + eps)
 
 
+def per_image_dice_loss(logits: torch.Tensor, masks: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Mean ``1 - Dice`` over the images with defect pixels (``(B, 1, H, W)``); 0 when there is none.
+
+    Images without defect pixels are left out (their Dice is 0 or 1 whatever they predict; the
+    pixel term handles them), so each defect image weighs the same, whatever its defect's size.
+    """
+    probs = torch.sigmoid(logits).flatten(1)
+    masks = masks.flatten(1)
+    dice = (2 * (probs * masks).sum(1) + eps) / (probs.sum(1) + masks.sum(1) + eps)
+    defect = (masks.sum(1) > 0).to(dice.dtype)
+    # a sum over zero weights, not boolean indexing: no host-device sync, and the graph stays connected
+    return ((1 - dice) * defect).sum() / defect.sum().clamp_min(1.0)
+
+
 def balanced_bce(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy with the positive class weighted by the negative/positive ratio."""
+    """Binary cross-entropy with the positive class weighted by the negative/positive ratio (clamped to [1, 100])."""
     positives = masks.sum()
     negatives = masks.numel() - positives
     pos_weight = (negatives / positives.clamp_min(1.0)).clamp(1.0, 100.0).detach()
@@ -38,12 +58,22 @@ def balanced_bce(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 class HADNetLoss(nn.Module):
-    """Total training loss: ``seg_weight * (BCE + dice_weight * Dice) + recon_weight * MSE``.
+    """Total training loss: ``seg_weight * (pixel term + dice_weight * Dice) + recon_weight * MSE``.
 
     Args:
         seg_weight: Weight of the discriminator (segmentation) loss.
         dice_weight: Weight of the Dice term inside the segmentation loss.
         recon_weight: Weight of the feature reconstruction loss.
+        seg_loss: The pixel term: ``"bce_dice"`` (mean BCE), ``"balanced_bce_dice"`` (BCE with the
+            positives weighted by the batch's negative/positive ratio, :func:`balanced_bce`) or
+            ``"focal_dice"`` (torchvision's ``sigmoid_focal_loss``, mean over pixels).
+        focal_alpha: Focal loss weight of the positives (``< 0``: none); ``"focal_dice"`` only.
+        focal_gamma: Focal loss focusing exponent; ``"focal_dice"`` only.
+        dice_per_image: Dice per image over the defect images (:func:`per_image_dice_loss`) instead of
+            one Dice over the batch (:func:`soft_dice_loss`).
+
+    Raises:
+        ValueError: unknown ``seg_loss``.
     """
 
     def __init__(
@@ -51,16 +81,35 @@ class HADNetLoss(nn.Module):
         seg_weight: float = DEFAULTS.seg_weight,
         dice_weight: float = DEFAULTS.dice_weight,
         recon_weight: float = DEFAULTS.recon_weight,
+        seg_loss: str = DEFAULTS.seg_loss,
+        focal_alpha: float = DEFAULTS.focal_alpha,
+        focal_gamma: float = DEFAULTS.focal_gamma,
+        dice_per_image: bool = DEFAULTS.dice_per_image,
     ) -> None:
         super().__init__()
+        if seg_loss not in SEG_LOSSES:
+            msg = f"`seg_loss` must be one of {list(SEG_LOSSES)}, got {seg_loss!r}."
+            raise ValueError(msg)
         self.seg_weight = seg_weight
         self.dice_weight = dice_weight
         self.recon_weight = recon_weight
+        self.seg_loss = seg_loss
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.dice_per_image = dice_per_image
+
+    def pixel_loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The per-pixel term of the segmentation loss (``seg_loss``), a mean over the batch's pixels."""
+        if self.seg_loss == "balanced_bce_dice":
+            return balanced_bce(logits, masks)
+        if self.seg_loss == "focal_dice":
+            return sigmoid_focal_loss(logits, masks, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="mean")
+        return F.binary_cross_entropy_with_logits(logits, masks)
 
     def segmentation(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """BCE + Dice of the anomaly logits ``(B, 1, H, W)`` against masks of the same shape."""
-        bce = F.binary_cross_entropy_with_logits(logits, masks)
-        return bce + self.dice_weight * soft_dice_loss(logits, masks)
+        """Pixel term + ``dice_weight`` x Dice of the logits ``(B, 1, H, W)`` against masks of the same shape."""
+        dice = per_image_dice_loss(logits, masks) if self.dice_per_image else soft_dice_loss(logits, masks)
+        return self.pixel_loss(logits, masks) + self.dice_weight * dice
 
     @staticmethod
     def reconstruction(

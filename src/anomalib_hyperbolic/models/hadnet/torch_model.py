@@ -17,6 +17,11 @@ Pipeline (paper Fig. 3; RealNet's AFS/RRS design with a hyperbolic space transfo
 
 Every step at inference is a static tensor op (index_select with buffers, topk, gather), so the
 model exports to ONNX and OpenVINO.
+
+This package's options beyond the paper (issue 32's design study, defaults = the paper's path) plug in
+as modules: :class:`FixedOrderContext` adds the selected features and signed residuals to the
+discriminator's input (``discriminator_input``), :class:`RealNetDiscriminator` is a deeper head
+(``discriminator_head``), and ``train_backbone`` lets the backbone take gradients.
 """
 
 from __future__ import annotations
@@ -44,7 +49,23 @@ from anomalib_hyperbolic.models.components import ChannelMoments
 from .defaults import DEFAULTS, PAPER_MEAN, PAPER_STD
 from .loss import hyperplane_loss
 
-__all__ = ["PAPER_MEAN", "PAPER_STD", "Discriminator", "FeatureAutoencoder", "HADNetModel", "StageOneBatch"]
+__all__ = [
+    "DISCRIMINATOR_HEADS",
+    "DISCRIMINATOR_INPUTS",
+    "PAPER_MEAN",
+    "PAPER_STD",
+    "Discriminator",
+    "FeatureAutoencoder",
+    "FixedOrderContext",
+    "HADNetModel",
+    "RealNetDiscriminator",
+    "StageOneBatch",
+]
+
+#: the values of ``discriminator_input``: the paper's ARD residuals, or those plus fixed-order context
+DISCRIMINATOR_INPUTS = ("ranked_residuals", "residuals_and_features")
+#: the values of ``discriminator_head``
+DISCRIMINATOR_HEADS = ("plain", "realnet")
 
 Levels = list[torch.Tensor]  # the frozen backbone's feature maps phi_i, one per layer
 
@@ -107,6 +128,18 @@ def validate_num_residuals(num_residuals: int, total: int) -> int:
         msg = f"`num_residuals` (s) = {num_residuals} exceeds the {total} selected residual channels (sum of r)."
         raise ValueError(msg)
     return num_residuals
+
+
+def upsample_and_concat(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Maps upsampled (bilinear) to the finest resolution among them and concatenated along channels."""
+    size = maps[0].shape[-2:]
+    for feature_map in maps[1:]:
+        if feature_map.shape[-1] > size[-1]:
+            size = feature_map.shape[-2:]
+    upsampled = [
+        m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps
+    ]
+    return torch.cat(upsampled, dim=1)
 
 
 class StageOneBatch(NamedTuple):
@@ -176,6 +209,72 @@ class Discriminator(nn.Module):
         return self.head(self.body(x))
 
 
+class ResidualBlock(nn.Module):
+    """``x + conv1x1(relu(conv3x3(relu(x))))``: a width-preserving residual block (as in RealNet's head)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same shape as ``x``."""
+        return x + self.block(x)
+
+
+class RealNetDiscriminator(Discriminator):
+    """A deeper head with RealNet's structure (``discriminator_head="realnet"``; this package's option, issue 32).
+
+    RealNet's RRS head (``cnulab/RealNet``, read, not copied): a stack of residual blocks at the input
+    width, the conv stack of :class:`Discriminator`, then a decoder stage at twice the resolution
+    (bilinear x2, conv3x3 to 4 channels, ReLU, conv3x3 to the logit). The stage-2 resolution gives
+    thinner defects a finer grid than the residuals' stride.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        widths: Sequence[int] = DEFAULTS.discriminator_widths,
+        residual_blocks: int = 2,
+    ) -> None:
+        super().__init__(in_channels, widths)
+        self.stack = nn.Sequential(*[ResidualBlock(in_channels) for _ in range(residual_blocks)], nn.ReLU())
+        width = widths[-1] if len(widths) else in_channels
+        self.head = nn.Sequential(
+            nn.Conv2d(width, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 1, 3, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, 1, 2h, 2w)`` for an input of ``(B, C, h, w)``."""
+        decoded = self.body(self.stack(x))
+        decoded = F.interpolate(decoded, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.head(decoded)
+
+
+class FixedOrderContext(nn.Module):
+    """Discriminator context in a fixed channel order (``discriminator_input="residuals_and_features"``).
+
+    This package's extension (issue 32), not the paper's: ARD's ``Lambda`` (eq. 13) gathers channels
+    per image, so a given input channel of the discriminator is a different feature in every image,
+    and it holds squared residuals (no sign, no feature values). This module adds, for every layer in
+    order, the selected features ``phi_i`` and the signed residuals ``phi_i - Phi_i``, upsampled to the
+    finest grid: channel ``k`` is the same feature (or residual) in every image. ``2 * sum(r)`` channels.
+    """
+
+    def __init__(self, num_selected: Sequence[int]) -> None:
+        super().__init__()
+        self.out_channels = 2 * sum(num_selected)
+
+    def forward(self, selected: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``[phi_1, phi_1 - Phi_1, phi_2, phi_2 - Phi_2, ...]`` on the finest grid, ``(B, 2 sum(r), h, w)``."""
+        maps = [torch.cat([z, z - r], dim=1) for z, r in zip(selected, reconstructions, strict=True)]
+        return upsample_and_concat(maps)
+
+
 class HADNetModel(nn.Module):
     """HADNet: hyperbolic feature filtering network (torch part, exportable).
 
@@ -191,6 +290,11 @@ class HADNetModel(nn.Module):
         discriminator_widths: Conv widths of the segmentation head.
         score_pool_size: Box filter applied to the anomaly map before the max (image score).
         residual_selection: ``"ard"`` (eqs. 11-13) or ``"all"`` (ablation: every residual channel).
+        discriminator_input: ``"ranked_residuals"`` (the paper's ``Lambda``) or ``"residuals_and_features"``
+            (``Lambda`` plus :class:`FixedOrderContext`; this package's option).
+        discriminator_head: ``"plain"`` (:class:`Discriminator`) or ``"realnet"`` (:class:`RealNetDiscriminator`).
+        train_backbone: Let the backbone take gradients in training mode (its BatchNorm stays in eval
+            mode); ``False``: frozen (RealNet).
         mean: Image normalisation mean (images arrive in ``[0, 1]``); ``None``: the paper's for the paper's
             WideResNet-50 backbone, else the backbone's own (see :func:`image_normalization`).
         std: Image normalisation std; ``None`` as for ``mean``.
@@ -213,6 +317,9 @@ class HADNetModel(nn.Module):
         residual_selection: str = DEFAULTS.residual_selection,
         mean: Sequence[float] | None = DEFAULTS.mean,
         std: Sequence[float] | None = DEFAULTS.std,
+        discriminator_input: str = DEFAULTS.discriminator_input,
+        discriminator_head: str = DEFAULTS.discriminator_head,
+        train_backbone: bool = DEFAULTS.train_backbone,
     ) -> None:
         super().__init__()
         validate_curvature(rho, name="rho")  # 0 = Euclidean
@@ -223,6 +330,13 @@ class HADNetModel(nn.Module):
         if residual_selection not in {"ard", "all"}:
             msg = f"`residual_selection` must be 'ard' or 'all', got {residual_selection!r}."
             raise ValueError(msg)
+        for name, value, allowed in (
+            ("discriminator_input", discriminator_input, DISCRIMINATOR_INPUTS),
+            ("discriminator_head", discriminator_head, DISCRIMINATOR_HEADS),
+        ):
+            if value not in allowed:
+                msg = f"`{name}` must be one of {list(allowed)}, got {value!r}."
+                raise ValueError(msg)
         if not isinstance(score_pool_size, int) or score_pool_size < 1:
             msg = f"`score_pool_size` must be an int >= 1, got {score_pool_size!r}."
             raise ValueError(msg)
@@ -231,7 +345,10 @@ class HADNetModel(nn.Module):
         self.score_pool_size = score_pool_size
         self.residual_selection = residual_selection
 
-        self.feature_extractor = create_feature_extractor(backbone, self.layers, pre_trained=pre_trained).eval()
+        self.train_backbone = bool(train_backbone)
+        self.feature_extractor = create_feature_extractor(
+            backbone, self.layers, pre_trained=pre_trained, requires_grad=self.train_backbone
+        ).eval()
         self.channels = [int(c) for c in self.feature_extractor.out_dims]
         self.num_selected = resolve_num_selected(num_selected, self.channels, self.layers)
         total = sum(self.num_selected)
@@ -263,7 +380,11 @@ class HADNetModel(nn.Module):
         # RealNet RRS: residual channels are ranked after a parameter-free batch norm, with RealNet's
         # momentum 0.9 (torch's convention: the running statistics follow the latest batches closely)
         self.rank_norm = nn.BatchNorm2d(total, affine=False, momentum=0.9)
-        self.discriminator = Discriminator(self.num_residuals, discriminator_widths)
+        # this package's options (issue 32): fixed-order context next to Lambda, RealNet's deeper head
+        self.context = FixedOrderContext(self.num_selected) if discriminator_input == "residuals_and_features" else None
+        in_channels = self.num_residuals + (0 if self.context is None else self.context.out_channels)
+        head = RealNetDiscriminator if discriminator_head == "realnet" else Discriminator
+        self.discriminator = head(in_channels, discriminator_widths)
 
     # ---------------------------------------------------------------- parts
     def hyperplane_parameters(self) -> list[nn.Parameter]:
@@ -282,7 +403,7 @@ class HADNetModel(nn.Module):
                 parameter.requires_grad_(False)
 
     def train(self, mode: bool = True) -> HADNetModel:
-        """Switch mode, keeping the frozen backbone in eval mode."""
+        """Switch mode, keeping the backbone in eval mode (frozen, or fine-tuned with fixed BatchNorm statistics)."""
         super().train(mode)
         self.feature_extractor.eval()
         return self
@@ -291,10 +412,10 @@ class HADNetModel(nn.Module):
         """Images in ``[0, 1]`` normalised with ``image_mean`` / ``image_std`` (the backbone's input)."""
         return (images - self.image_mean) / self.image_std
 
-    @torch.no_grad()
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Frozen backbone features ``phi_i`` for images in ``[0, 1]``."""
-        features = self.feature_extractor(self.normalize(images))
+        """Backbone features ``phi_i`` for images in ``[0, 1]``; with gradients only when ``train_backbone`` trains."""
+        with torch.set_grad_enabled(self.train_backbone and self.training and torch.is_grad_enabled()):
+            features = self.feature_extractor(self.normalize(images))
         return [features[layer] for layer in self.layers]
 
     def hst(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -337,17 +458,10 @@ class HADNetModel(nn.Module):
         """Reconstructed features ``Phi_i`` of the selected maps."""
         return [net(z) for net, z in zip(self.reconstructors, selected, strict=True)]
 
-    def global_residual(self, residuals: Sequence[torch.Tensor]) -> torch.Tensor:
+    @staticmethod
+    def global_residual(residuals: Sequence[torch.Tensor]) -> torch.Tensor:
         """``Gamma``: residuals upsampled to the finest resolution and concatenated (ARD)."""
-        size = residuals[0].shape[-2:]
-        for residual in residuals[1:]:
-            if residual.shape[-1] > size[-1]:
-                size = residual.shape[-2:]
-        upsampled = [
-            r if r.shape[-2:] == size else F.interpolate(r, size=size, mode="bilinear", align_corners=False)
-            for r in residuals
-        ]
-        return torch.cat(upsampled, dim=1)
+        return upsample_and_concat(residuals)
 
     def ard(self, gamma: torch.Tensor) -> torch.Tensor:
         """ARD eqs. (11)-(13): ``Lambda`` = top-``s/2`` channels by GMP (+) top-``s/2`` by GAP, per image."""
@@ -390,7 +504,10 @@ class HADNetModel(nn.Module):
         recon = self.reconstruct(selected)
         residuals = [(z - r) ** 2 for z, r in zip(selected, recon, strict=True)]
         gamma = self.global_residual(residuals)
-        logits = self.discriminator(self.ard(gamma))
+        lam = self.ard(gamma)
+        if self.context is not None:  # discriminator_input="residuals_and_features" (this package's option)
+            lam = torch.cat([lam, self.context(selected, recon)], dim=1)
+        logits = self.discriminator(lam)
         logits = F.interpolate(logits, size=tuple(image_size), mode="bilinear", align_corners=False)
         return {"logits": logits, "reconstructions": recon}
 
