@@ -11,6 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: The smallest HADNet the unit tests build (random ResNet-18, two levels): shared by its test files.
+TINY_HADNET: dict[str, Any] = {
+    "backbone": "resnet18",
+    "layers": ("layer1", "layer2"),
+    "pre_trained": False,
+    "num_selected": (8, 8),
+    "num_residuals": 8,
+    "discriminator_widths": (8, 4),
+    "score_pool_size": 4,
+}
+
 
 @dataclass
 class HarnessCase:

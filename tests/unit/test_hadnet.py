@@ -11,16 +11,7 @@ from anomalib_hyperbolic.geometry import clip_features, expmap0
 from anomalib_hyperbolic.models import HADNet
 from anomalib_hyperbolic.models.hadnet import HADNetModel
 from anomalib_hyperbolic.models.hadnet.loss import HADNetLoss
-
-TINY = {
-    "backbone": "resnet18",
-    "layers": ("layer1", "layer2"),
-    "pre_trained": False,
-    "num_selected": (8, 8),
-    "num_residuals": 8,
-    "discriminator_widths": (8, 4),
-    "score_pool_size": 4,
-}
+from tests.harness_cases import TINY_HADNET as TINY
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,7 @@ import pytest
 import torch
 
 from anomalib_hyperbolic.models import HADNet
-
-TINY = {
-    "backbone": "resnet18",
-    "layers": ("layer1", "layer2"),
-    "pre_trained": False,
-    "num_selected": (8, 8),
-    "num_residuals": 8,
-    "discriminator_widths": (8, 4),
-    "score_pool_size": 4,
-}
+from tests.harness_cases import TINY_HADNET as TINY
 
 
 def _fit(root: Path, run_dir: Path, observe: bool, epochs: int) -> tuple[dict[str, float], dict, HADNet, list]:

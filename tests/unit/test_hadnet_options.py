@@ -15,16 +15,7 @@ from anomalib_hyperbolic.models import HADNet
 from anomalib_hyperbolic.models.hadnet import DEFAULTS, HADNetModel
 from anomalib_hyperbolic.models.hadnet.loss import HADNetLoss, per_image_dice_loss, soft_dice_loss
 from anomalib_hyperbolic.models.hadnet.torch_model import FixedOrderContext, RealNetDiscriminator
-
-TINY = {
-    "backbone": "resnet18",
-    "layers": ("layer1", "layer2"),
-    "pre_trained": False,
-    "num_selected": (8, 8),
-    "num_residuals": 8,
-    "discriminator_widths": (8, 4),
-    "score_pool_size": 4,
-}
+from tests.harness_cases import TINY_HADNET as TINY
 
 
 def test_defaults_are_the_measured_recipe():
