@@ -23,6 +23,42 @@ TINY_HADNET: dict[str, Any] = {
 }
 
 
+def tiny_hadnet(**overrides: Any) -> Any:
+    """:data:`TINY_HADNET` at 32 px with one initialisation batch and one HST step, no visualizer."""
+    from anomalib_hyperbolic.models import HADNet
+
+    kwargs: dict[str, Any] = {
+        **TINY_HADNET,
+        "init_batches": 1,
+        "hst_steps": 1,
+        "pre_processor": HADNet.configure_pre_processor((32, 32)),
+        "visualizer": False,
+    }
+    return HADNet(**{**kwargs, **overrides})
+
+
+def tiny_magnetic_tile(root: Path, split_mode: str = "ratio") -> Any:
+    """A ``MagneticTile`` datamodule over a generated copy: batches of 4, no workers."""
+    from anomalib_hyperbolic.data import MagneticTile
+
+    return MagneticTile(root=root, split_mode=split_mode, train_batch_size=4, eval_batch_size=4, num_workers=0)
+
+
+def tiny_cpu_engine(run_dir: Path, epochs: int = 1, callbacks: list | None = None) -> Any:
+    """An anomalib ``Engine`` for a few CPU epochs: no logger, no progress bar."""
+    from anomalib.engine import Engine
+
+    return Engine(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=run_dir,
+        callbacks=callbacks or [],
+    )
+
+
 @dataclass
 class HarnessCase:
     """How to build and train one model for the harness.

@@ -12,6 +12,7 @@ from anomalib_hyperbolic.models import HADNet
 from anomalib_hyperbolic.models.hadnet import HADNetModel
 from anomalib_hyperbolic.models.hadnet.loss import HADNetLoss
 from tests.harness_cases import TINY_HADNET as TINY
+from tests.harness_cases import tiny_cpu_engine, tiny_hadnet, tiny_magnetic_tile
 
 
 @pytest.fixture(scope="module")
@@ -246,21 +247,12 @@ def test_supervised_needs_masks():
 
 def test_supervised_mode_on_magnetic_tile_ratio_split(tmp_path):
     """Supervised masks end to end: MagneticTile's 8:1:1 split puts masked defects in train."""
-    from anomalib.engine import Engine
-
-    from anomalib_hyperbolic.data import MagneticTile
     from anomalib_hyperbolic.testing import make_magnetic_tile_like
 
     root = make_magnetic_tile_like(tmp_path / "mt", n_normal=4, n_per_defect=3)
-    datamodule = MagneticTile(root=root, split_mode="ratio", train_batch_size=4, eval_batch_size=4, num_workers=0)
-    model = HADNet(
-        **TINY,
-        training_mode="supervised",
-        init_batches=1,
-        hst_steps=1,
-        pre_processor=HADNet.configure_pre_processor((32, 32)),
-    )
-    engine = Engine(max_epochs=1, default_root_dir=tmp_path / "run", logger=False, enable_progress_bar=False)
+    datamodule = tiny_magnetic_tile(root)
+    model = tiny_hadnet(training_mode="supervised")
+    engine = tiny_cpu_engine(tmp_path / "run")
     engine.fit(model, datamodule=datamodule)
     assert bool(model.model.initialized)
     metrics = engine.test(model, datamodule=datamodule, verbose=False)[0]
@@ -346,36 +338,16 @@ class _CacheCounts(Callback):
 
 def _fit_magnetic_tile(root, run_dir, mode: str, cache_features: bool, epochs: int = 3):
     """Seeded tiny fit + test on a generated Magnetic Tile copy: metrics, trained state, cache counts."""
-    from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
-
-    from anomalib_hyperbolic.data import MagneticTile
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         seed_everything(0, workers=True)
-        split = {"split_mode": "ratio"} if mode == "supervised" else {"split_mode": "one_class"}
-        datamodule = MagneticTile(root=root, train_batch_size=4, eval_batch_size=4, num_workers=0, **split)
-        model = HADNet(
-            **TINY,
-            training_mode=mode,
-            init_batches=2,
-            hst_steps=2,
-            cache_features=cache_features,
-            pre_processor=HADNet.configure_pre_processor((32, 32)),
-            visualizer=False,
-        )
+        datamodule = tiny_magnetic_tile(root, "ratio" if mode == "supervised" else "one_class")
+        model = tiny_hadnet(training_mode=mode, init_batches=2, hst_steps=2, cache_features=cache_features)
         counts = _CacheCounts()
-        engine = Engine(
-            max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_progress_bar=False,
-            default_root_dir=run_dir,
-            callbacks=[counts],
-        )
+        engine = tiny_cpu_engine(run_dir, epochs, [counts])
         engine.fit(model, datamodule=datamodule)
         (metrics,) = engine.test(model, datamodule=datamodule, verbose=False)
     finally:

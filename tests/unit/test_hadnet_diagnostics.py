@@ -9,29 +9,19 @@ import pytest
 import torch
 
 from anomalib_hyperbolic.models import HADNet
-from tests.harness_cases import TINY_HADNET as TINY
+from tests.harness_cases import tiny_cpu_engine, tiny_hadnet, tiny_magnetic_tile
 
 
 def _fit(root: Path, run_dir: Path, observe: bool, epochs: int) -> tuple[dict[str, float], dict, HADNet, list]:
     """Seeded tiny supervised fit + test; ``observe=False`` turns the diagnostics' updates into no-ops."""
-    from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
-
-    from anomalib_hyperbolic.data import MagneticTile
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         seed_everything(0, workers=True)
-        datamodule = MagneticTile(root=root, split_mode="ratio", train_batch_size=4, eval_batch_size=4, num_workers=0)
-        model = HADNet(
-            **TINY,
-            training_mode="supervised",
-            init_batches=1,
-            hst_steps=1,
-            pre_processor=HADNet.configure_pre_processor((32, 32)),
-            visualizer=False,
-        )
+        datamodule = tiny_magnetic_tile(root)
+        model = tiny_hadnet(training_mode="supervised")
         computed: list[dict[str, float]] = []
         compute = model.logit_diagnostics.compute
 
@@ -42,9 +32,7 @@ def _fit(root: Path, run_dir: Path, observe: bool, epochs: int) -> tuple[dict[st
         model.logit_diagnostics.compute = spy  # type: ignore[method-assign]
         if not observe:
             model.logit_diagnostics.update = lambda *args: None  # type: ignore[method-assign]
-        engine = Engine(
-            max_epochs=epochs, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=run_dir
-        )
+        engine = tiny_cpu_engine(run_dir, epochs)
         engine.fit(model, datamodule=datamodule)
         logged = {key: float(value) for key, value in engine.trainer.callback_metrics.items()}
         (metrics,) = engine.test(model, datamodule=datamodule, verbose=False)

@@ -16,6 +16,7 @@ from anomalib_hyperbolic.models.hadnet import DEFAULTS, HADNetModel
 from anomalib_hyperbolic.models.hadnet.loss import HADNetLoss, per_image_dice_loss, soft_dice_loss
 from anomalib_hyperbolic.models.hadnet.torch_model import FixedOrderContext, RealNetDiscriminator
 from tests.harness_cases import TINY_HADNET as TINY
+from tests.harness_cases import tiny_cpu_engine, tiny_hadnet, tiny_magnetic_tile
 
 
 def test_defaults_are_the_measured_recipe():
@@ -238,30 +239,10 @@ class _LearningRates(Callback):
 
 
 def _fit_rates(root: Path, run_dir: Path, schedule: str, epochs: int = 2) -> _LearningRates:
-    from anomalib.engine import Engine
-
-    from anomalib_hyperbolic.data import MagneticTile
-
-    datamodule = MagneticTile(root=root, split_mode="ratio", train_batch_size=4, eval_batch_size=4, num_workers=0)
-    model = HADNet(
-        **TINY,
-        training_mode="supervised",
-        init_batches=1,
-        hst_steps=1,
-        lr_schedule=schedule,
-        pre_processor=HADNet.configure_pre_processor((32, 32)),
-        visualizer=False,
-    )
+    datamodule = tiny_magnetic_tile(root)
+    model = tiny_hadnet(training_mode="supervised", lr_schedule=schedule)
     rates = _LearningRates()
-    engine = Engine(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        default_root_dir=run_dir,
-        callbacks=[rates],
-    )
+    engine = tiny_cpu_engine(run_dir, epochs, [rates])
     engine.fit(model, datamodule=datamodule)
     return rates
 
