@@ -89,3 +89,58 @@ def test_autocast_device_of_accelerator_flags() -> None:
     assert autocast_device("gpu") == autocast_device("cuda") == "cuda"
     assert autocast_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert autocast_device(None) == autocast_device("auto")
+
+
+class _ConvNet(LightningModule):
+    """Two convolutions; records the memory format of its weight and activations in each training step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3))
+        self.formats: list[tuple[bool, bool]] = []
+
+    def training_step(self, batch: list[torch.Tensor], batch_index: int) -> torch.Tensor:
+        output = self.net(batch[0])
+        channels_last = torch.channels_last
+        self.formats.append(
+            (
+                self.net[0].weight.is_contiguous(memory_format=channels_last),
+                output.is_contiguous(memory_format=channels_last),
+            )
+        )
+        return output.square().mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def _fit_convnet(tmp_path: Path, callbacks: list) -> _ConvNet:
+    torch.manual_seed(0)
+    model = _ConvNet()
+    images = torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    trainer = Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+    )
+    trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(images), batch_size=4))
+    return model
+
+
+def test_channels_last_training_trains_in_channels_last_and_hands_back_nchw(tmp_path: Path) -> None:
+    from anomalib_hyperbolic.precision import ChannelsLastTraining
+
+    plain = _fit_convnet(tmp_path / "plain", [])
+    relaid = _fit_convnet(tmp_path / "channels_last", [ChannelsLastTraining()])
+    assert plain.formats == [(False, False)] * 4
+    assert relaid.formats == [(True, True)] * 4  # weights and activations (from NCHW input) in channels-last
+    weight = relaid.net[0].weight
+    assert weight.is_contiguous()
+    assert not weight.is_contiguous(memory_format=torch.channels_last)
+    for name, value in plain.state_dict().items():  # same training, another memory order
+        torch.testing.assert_close(relaid.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)

@@ -48,7 +48,7 @@ def weights_file(output: Path, name: str) -> Path:
 def cell_engine(
     config: dict[str, Any], spec: dict[str, Any], model: Any, root: Path, callbacks: Sequence[Any], **options: Any
 ) -> Any:
-    """An anomalib ``Engine`` for a cell: its limits, precision, validation interval and devices.
+    """An anomalib ``Engine`` for a cell: its limits, precision, memory format, validation interval and devices.
 
     No logger and no progress bar; ``options`` are further ``Trainer`` arguments
     (e.g. ``deterministic=True``).
@@ -57,6 +57,11 @@ def cell_engine(
 
     accelerator = spec.get("accelerator", config.get("accelerator", "cpu"))
     precision, f32_evaluation = cell_precision(config, spec)
+    callbacks = list(callbacks)
+    if spec.get("channels_last", config.get("channels_last", False)):
+        from anomalib_hyperbolic.precision import ChannelsLastTraining
+
+        callbacks.append(ChannelsLastTraining())
     return Engine(
         **training_limits(spec),
         **precision_arguments(precision, f32_evaluation, accelerator),
@@ -67,7 +72,7 @@ def cell_engine(
         default_root_dir=root,
         logger=False,
         enable_progress_bar=False,
-        callbacks=list(callbacks),
+        callbacks=callbacks,
         **options,
     )
 
@@ -85,6 +90,7 @@ def run_cell(
     import torch
 
     from anomalib_hyperbolic.metrics import CategoryIoUThresholds, RawScoreMetrics, TrainingStepTimer
+    from anomalib_hyperbolic.precision import ChannelsLastTraining
 
     if spec.get("latency_only"):
         return latency_only_cell(config, spec, cell_dir)
@@ -121,6 +127,7 @@ def run_cell(
     row["precision"] = str(engine.trainer.precision)  # the trainer's, after the model's trainer_arguments
     if row["precision"] in MIXED_PRECISIONS:
         row["f32_evaluation"] = f32_evaluation
+    row["channels_last"] = any(isinstance(callback, ChannelsLastTraining) for callback in engine.trainer.callbacks)
     row["check_val_every_n_epoch"] = engine.trainer.check_val_every_n_epoch
     if step_timer.steps_per_second is not None:
         row["train_steps_per_second"] = step_timer.steps_per_second

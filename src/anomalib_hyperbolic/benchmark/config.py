@@ -18,6 +18,7 @@ Config (YAML; the protocol configs are in ``configs/benchmark/``, e.g. ``mt_cpu.
     normalization: model                       # or backbone / imagenet (see cell_model.build_model)
     precision: 32-true                         # Lightning's training precision, e.g. bf16-mixed (bf16 autocast)
     f32_evaluation: true                       # mixed precisions: validation/test/predict steps stay float32
+    channels_last: false                       # train convolutions channels-last (precision.ChannelsLastTraining)
     save_weights: false                        # keep each cell's trained state for `--time-only`
     evaluate_on: test                          # or validation: score the datamodule's validation split
     prepare: [{path: ..., function: ..., init_args: {...}}]   # files made once before the cells
@@ -34,6 +35,7 @@ Config (YAML; the protocol configs are in ``configs/benchmark/``, e.g. ``mt_cpu.
         normalization: null         # per-cell override: model | backbone | imagenet
         precision: null             # per-cell override of precision (e.g. bf16-mixed)
         f32_evaluation: null        # per-cell override of f32_evaluation
+        channels_last: null         # per-cell override of channels_last
         evaluate_on: null           # per-cell override of evaluate_on
         probability_maps: null      # the raw anomaly_map is a probability (default: the model's
                                     # anomaly_map_is_probability): also score it at 0.5
