@@ -15,7 +15,7 @@ import yaml
 from anomalib_hyperbolic import benchmark
 
 REPO = Path(__file__).resolve().parents[2]
-PROTOCOLS = ["mt_cpu", "mt_supervised", "elpv_fewshot", "mt_pdn_cpu"]
+PROTOCOLS = ["mt_cpu", "mt_supervised", "mt_supervised_val", "elpv_fewshot", "mt_pdn_cpu"]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
