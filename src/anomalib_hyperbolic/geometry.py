@@ -42,6 +42,7 @@ __all__ = [
     "poincare_distance_of_tangents",
     "poincare_hyperplane_distance",
     "project_to_ball",
+    "validate_clip_radius",
     "validate_curvature",
 ]
 
@@ -96,9 +97,9 @@ def _check_dim(x: torch.Tensor, dim: int, name: str = "x") -> None:
         raise ValueError(msg)
 
 
-def _check_clip_radius(radius: object, name: str) -> None:
+def validate_clip_radius(radius: object, name: str = "clip_radius") -> None:
     """Raise ``ValueError`` naming ``name`` unless ``radius`` is a number > 0 (``math.inf``: no clipping)."""
-    if not isinstance(radius, int | float) or math.isnan(radius) or radius <= 0:
+    if isinstance(radius, bool) or not isinstance(radius, int | float) or math.isnan(radius) or radius <= 0:
         msg = f"Clip radius `{name}` must be a number > 0 (or math.inf to disable), got {radius!r}."
         raise ValueError(msg)
 
@@ -210,7 +211,7 @@ def clip_features(x: torch.Tensor, radius: float = DEFAULT_CLIP_RADIUS, dim: int
         dim: Feature axis.
 
     """
-    _check_clip_radius(radius, "radius")
+    validate_clip_radius(radius, "radius")
     _check_dim(x, dim, "x")
     if math.isinf(radius):
         return x
@@ -296,7 +297,7 @@ def poincare_distance_of_tangents(
     """
     validate_curvature(c)
     _check_dim(u, dim, "u")
-    _check_clip_radius(clip_radius, "clip_radius")
+    validate_clip_radius(clip_radius)
     original, (u, v) = _upcast(u, v)
     w = u - v
     # vector norms: one fused reduction each in an exported graph (ONNX ReduceL2), no squared copy of the map

@@ -259,3 +259,18 @@ def test_distance_of_tangents_is_the_distance_of_their_exponential_maps(c: float
     torch.testing.assert_close(channel_axis[0, 0], G.poincare_distance_of_tangents(u, v, c, clip_radius=radius))
     with pytest.raises(ValueError, match="clip_radius"):
         G.poincare_distance_of_tangents(u, v, c, clip_radius=0.0)
+
+
+@pytest.mark.parametrize("radius", [0, -1.0, float("nan"), True, "2.3", None])
+def test_both_hyperbolic_models_reject_a_bad_clip_radius_by_name(radius: object) -> None:
+    from anomalib_hyperbolic.models.hadnet import HADNetModel
+    from anomalib_hyperbolic.models.hypad.torch_model import HypADModel
+    from tests.harness_cases import TINY_HADNET
+
+    with pytest.raises(ValueError, match="clip_radius"):
+        G.validate_clip_radius(radius)
+    with pytest.raises(ValueError, match="clip_radius"):
+        HADNetModel(**TINY_HADNET, clip_radius=radius)
+    with pytest.raises(ValueError, match="clip_radius"):
+        HypADModel(clip_radius=radius)
+    G.validate_clip_radius(math.inf)  # no clipping

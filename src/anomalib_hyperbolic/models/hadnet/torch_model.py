@@ -42,6 +42,7 @@ from anomalib_hyperbolic.geometry import (
     clip_features,
     expmap0,
     poincare_hyperplane_distance,
+    validate_clip_radius,
     validate_curvature,
 )
 from anomalib_hyperbolic.models.components import ChannelMoments
@@ -324,9 +325,7 @@ class HADNetModel(nn.Module):
         super().__init__()
         validate_curvature(rho, name="rho")  # 0 = Euclidean
         self.rho = float(rho)
-        if not isinstance(clip_radius, int | float) or clip_radius <= 0:
-            msg = f"`clip_radius` must be > 0 (math.inf disables clipping), got {clip_radius!r}."
-            raise ValueError(msg)
+        validate_clip_radius(clip_radius)
         if residual_selection not in {"ard", "all"}:
             msg = f"`residual_selection` must be 'ard' or 'all', got {residual_selection!r}."
             raise ValueError(msg)

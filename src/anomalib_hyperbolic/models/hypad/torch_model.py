@@ -28,7 +28,12 @@ import torch.nn.functional as F
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, EfficientAdModelSize
 from torch import nn
 
-from anomalib_hyperbolic.geometry import clip_features, poincare_distance_of_tangents, validate_curvature
+from anomalib_hyperbolic.geometry import (
+    clip_features,
+    poincare_distance_of_tangents,
+    validate_clip_radius,
+    validate_curvature,
+)
 
 from .loss import DISCREPANCY_MODES, embed_to_ball, hard_feature_loss, hyperbolic_discrepancy
 
@@ -216,9 +221,7 @@ class HypADModel(EfficientAdModel):
         if learn_curvature and float(c) <= 0:
             msg = f"`learn_curvature=True` needs an initial curvature `c` > 0 (softplus parameter), got c={c}."
             raise ValueError(msg)
-        if not isinstance(clip_radius, int | float) or math.isnan(clip_radius) or clip_radius <= 0:
-            msg = f"`clip_radius` must be a number > 0 (math.inf disables clipping), got {clip_radius!r}."
-            raise ValueError(msg)
+        validate_clip_radius(clip_radius)
         if projection not in PROJECTIONS:
             msg = f"`projection` must be one of {PROJECTIONS}, got {projection!r}."
             raise ValueError(msg)
