@@ -41,20 +41,16 @@ class _Recorder(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+def _quiet_cpu_trainer(root: Path, **options: object) -> Trainer:
+    """A CPU ``Trainer`` without logger, checkpoints, progress bar or model summary."""
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    return Trainer(accelerator="cpu", default_root_dir=root, enable_model_summary=False, **quiet, **options)
+
+
 def _run(tmp_path: Path, **precision: object) -> dict[str, tuple[bool, torch.dtype, torch.dtype]]:
     loader = DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4)
     model = _Recorder()
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        **precision,
-    )
+    trainer = _quiet_cpu_trainer(tmp_path, max_epochs=1, num_sanity_val_steps=0, **precision)
     trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
     trainer.test(model, dataloaders=loader, verbose=False)
     trainer.predict(model, dataloaders=loader)
@@ -118,16 +114,7 @@ def _fit_convnet(tmp_path: Path, callbacks: list) -> _ConvNet:
     torch.manual_seed(0)
     model = _ConvNet()
     images = torch.randn(8, 3, 12, 12, generator=torch.Generator().manual_seed(1))
-    trainer = Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    trainer = _quiet_cpu_trainer(tmp_path, max_epochs=2, callbacks=callbacks)
     trainer.fit(model, train_dataloaders=DataLoader(TensorDataset(images), batch_size=4))
     return model
 
