@@ -40,6 +40,7 @@ __all__ = [
     "RawScoreMetrics",
     "TrainingStepTimer",
     "category_iou_curve",
+    "evenly_spaced_order_statistics",
     "raw_pixel_threshold",
     "threshold_free_metrics",
 ]
@@ -465,6 +466,18 @@ def category_iou_curve(
     return total / len(names)
 
 
+def evenly_spaced_order_statistics(sorted_values: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` evenly spaced order statistics of a sorted 1-D tensor, its first and last included.
+
+    The positions are computed in float64: float32 cannot represent every index above 2^24, and a map
+    set of a few hundred 256 px images has tens of millions of pixels (float32 rounded the last position
+    one past the end).
+    """
+    last = len(sorted_values) - 1
+    positions = torch.linspace(0, last, count, dtype=torch.float64).round().long().clamp_(0, last)
+    return sorted_values[positions]
+
+
 class CategoryIoUThresholds(Callback):
     """Test mean IoU over defect types (eqs. 14-15) of the raw anomaly maps at three thresholds.
 
@@ -555,12 +568,10 @@ class CategoryIoUThresholds(Callback):
         scores = maps[defect].flatten().sort().values
         positives = maps[defect][masks[defect]].sort().values
 
-        def quantiles(values: torch.Tensor) -> torch.Tensor:
-            return values[torch.linspace(0, len(values) - 1, self.candidates).round().long()]
-
         below_all = torch.nextafter(scores[:1], torch.tensor([-math.inf]))  # everything anomalous
         known = torch.tensor([value for value in named.values() if value is not None], dtype=maps.dtype)
-        candidates = torch.cat([quantiles(scores), quantiles(positives), below_all, known]).unique()
+        spread = [evenly_spaced_order_statistics(values, self.candidates) for values in (scores, positives)]
+        candidates = torch.cat([*spread, below_all, known]).unique()
         curve = category_iou_curve(maps, masks, categories, candidates)
         named["oracle"] = float(candidates[int(curve.argmax())])
         per_type = {}

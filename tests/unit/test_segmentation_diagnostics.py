@@ -207,3 +207,16 @@ def test_thresholds_report_nothing_without_defect_images_and_no_fixed_threshold_
     callback.on_test_epoch_end(None, module)
     assert "pixel_CategoryIoU_oracle" in callback.results
     assert not any(key.startswith(("pixel_CategoryIoU_at_", "pixel_CategoryIoU_val")) for key in callback.results)
+
+
+def test_order_statistics_stay_inside_maps_with_tens_of_millions_of_pixels() -> None:
+    """490 test maps of 256 x 256 have 32 M pixels: float32 positions ran one past the end (an IndexError)."""
+    from anomalib_hyperbolic.metrics import evenly_spaced_order_statistics
+
+    values = torch.arange(21_823_488, dtype=torch.float64)  # the size that failed; each value is its index
+    picked = evenly_spaced_order_statistics(values, 1000)
+    assert len(picked) == 1000
+    assert float(picked[0]) == 0
+    assert float(picked[-1]) == len(values) - 1
+    assert bool((picked.diff() > 0).all())
+    torch.testing.assert_close(evenly_spaced_order_statistics(torch.tensor([3.0]), 5), torch.full((5,), 3.0))
