@@ -94,8 +94,9 @@ class ChannelsLastTraining(Callback):
 
     Every 4-D parameter and buffer is re-laid out in place (same values, same ``Parameter`` objects, so
     the optimiser is unaffected); convolutions then produce channels-last activations from NCHW input.
-    After training the model returns to the default layout, so testing, export and checkpoints see
-    the model as it would be without this callback. Numerics: the same operations in another memory
+    After training the model returns to the default layout, so testing and export see the model as
+    they would without this callback (checkpoints written during ``fit`` hold the same values with
+    channels-last strides; loading copies values). Numerics: the same operations in another memory
     order (float32 results agree to rounding).
     """
 
