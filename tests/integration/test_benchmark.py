@@ -357,3 +357,69 @@ def test_ddp_cell_is_written_once_by_rank_zero_with_its_throughput(tmp_path: Pat
     assert row["train_images_per_second"] == row["train_steps_per_second"] * 2 * 2
     assert 0 <= row["image_AUROC"] <= 1
     assert not list((tmp_path / "out" / "cells").glob("*.tmp"))
+
+
+def test_cell_whose_evaluation_failed_is_tested_again_without_refitting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fit that ends before a failing test step is kept; rerunning the cell tests it without training."""
+    from anomalib_hyperbolic import metrics
+
+    root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=64)
+    spec = {
+        "name": "PatchCore",  # its memory bank starts empty: the fitted state resizes a buffer
+        "class_path": "anomalib.models.Patchcore",
+        "init_args": {"backbone": "resnet18", "pre_trained": False, "layers": ["layer2"]},
+        "max_epochs": 1,
+    }
+    config = {
+        "output": str(tmp_path / "out"),
+        "image_size": 64,
+        "latency": False,
+        "data": {
+            "class_path": "anomalib.data.MVTecAD",
+            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0, "train_batch_size": 4},
+        },
+        "models": [spec],
+    }
+    fits: list[int] = []
+
+    class CountingTimer(metrics.TrainingStepTimer):
+        def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+            fits.append(1)
+            super().on_fit_start(trainer, pl_module)
+
+    class FailingOnce(metrics.RawScoreMetrics):
+        failed = False
+
+        def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            if not FailingOnce.failed:
+                FailingOnce.failed = True
+                raise RuntimeError("evaluation failed")
+            super().on_test_epoch_end(trainer, pl_module)
+
+    monkeypatch.setattr(metrics, "TrainingStepTimer", CountingTimer)
+    monkeypatch.setattr(metrics, "RawScoreMetrics", FailingOnce)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        benchmark.run_and_write_cell(config, spec)
+    fitted = tmp_path / "out" / "runs" / "PatchCore" / "fitted_state.pt"
+    assert fits == [1]
+    assert fitted.is_file()
+    assert not benchmark.cell_file(tmp_path / "out", "PatchCore").exists()
+
+    benchmark.run_and_write_cell(config, spec)  # tests the kept fit
+    row = json.loads(benchmark.cell_file(tmp_path / "out", "PatchCore").read_text())
+    assert fits == [1]
+    assert row["resumed_from_fitted_state"] is True
+    assert row["epochs_run"] == 1
+    assert row["train_seconds"] > 0
+    assert 0 <= row["image_AUROC"] <= 1
+    assert 0 <= row["raw_pixel_AUROC"] <= 1
+    assert not fitted.exists()  # written row: rerunning the cell trains it again
+
+    # a fitted state from other settings is not reused
+    benchmark.run_cell(config, spec, tmp_path / "other")
+    changed = {**spec, "init_args": {**spec["init_args"], "coreset_sampling_ratio": 0.5}}
+    row = benchmark.run_cell(config, changed, tmp_path / "other")
+    assert fits == [1, 1, 1]
+    assert "resumed_from_fitted_state" not in row

@@ -102,38 +102,27 @@ def run_cell(
     if pixel_metrics:
         callbacks.append(CategoryIoUThresholds(probability_threshold=0.5 if probability_maps(spec, model) else None))
     step_timer = TrainingStepTimer()
-    initial = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()} if weights else {}
+    initial = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
     limits = training_limits(spec)
     _, f32_evaluation = cell_precision(config, spec)
     # raw_scores and the IoU thresholds: trainer callbacks, run before the post-processor
     engine = cell_engine(config, spec, model, cell_dir, callbacks=[*callbacks, step_timer])
-    start = time.perf_counter()
-    engine.fit(model=model, datamodule=datamodule)
-    train_seconds = time.perf_counter() - start
-    # what training actually ran: a max_time cap can stop it before max_steps / max_epochs
-    reached = {"steps_run": engine.trainer.global_step, "epochs_run": engine.trainer.current_epoch}
-    training = last_epoch_figures(engine.trainer.callback_metrics)
+    fitted = fitted_state_file(cell_dir)
+    fit = fit_or_resume(config, spec, engine, model, datamodule, step_timer, initial, fitted)
     if evaluate_on == "validation":  # every rank: metrics sync
         metrics = engine.test(model=model, dataloaders=datamodule.val_dataloader(), verbose=False)[0]
     else:
         metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     if not engine.trainer.is_global_zero:
         return None  # under DDP rank 0 alone saves, times and writes the cell
-    row: dict[str, Any] = {"name": spec["name"], "train_seconds": train_seconds, **reached, **limits}
-    row.update({key: value for key, value in training.items() if key not in row})
-    # training-loop throughput (TrainingStepTimer: set-up passes and the first step excluded); steps are
-    # optimiser steps (each rank takes every one), images are counted over all ranks
+    row: dict[str, Any] = {"name": spec["name"], **limits}
+    row.update({key: value for key, value in fit.items() if key not in row})
     row["world_size"] = engine.trainer.world_size
     row["precision"] = str(engine.trainer.precision)  # the trainer's, after the model's trainer_arguments
     if row["precision"] in MIXED_PRECISIONS:
         row["f32_evaluation"] = f32_evaluation
     row["channels_last"] = any(isinstance(callback, ChannelsLastTraining) for callback in engine.trainer.callbacks)
     row["check_val_every_n_epoch"] = engine.trainer.check_val_every_n_epoch
-    if step_timer.steps_per_second is not None:
-        row["train_steps_per_second"] = step_timer.steps_per_second
-        batch = getattr(datamodule, "train_batch_size", None)
-        if batch:
-            row["train_images_per_second"] = step_timer.steps_per_second * batch * engine.trainer.world_size
     row.update({key: float(value) for key, value in metrics.items()})
     row.update(raw_scores.results)
     for callback in callbacks[1:]:  # the IoU at the validation, oracle and probability thresholds
@@ -165,6 +154,77 @@ def run_cell(
         if spec.get(key):
             row[key] = spec[key]
     return row
+
+
+def fitted_state_file(cell_dir: Path) -> Path:
+    """Where a cell keeps its fitted model until its row is written: ``<cell_dir>/fitted_state.pt``.
+
+    :func:`run_and_write_cell` deletes it once the row is written.
+    """
+    return cell_dir / "fitted_state.pt"
+
+
+#: grid settings that do not change what a cell fits (evaluation and timing only)
+NOT_FITTING_SETTINGS = ("models", "latency", "latency_after", "precision_effect", "smoke")
+
+
+def cell_fingerprint(config: dict[str, Any], spec: dict[str, Any]) -> str:
+    """The settings a fitted state was trained under: the cell's and the grid's (but ``NOT_FITTING_SETTINGS``)."""
+    grid = {key: value for key, value in config.items() if key not in NOT_FITTING_SETTINGS}
+    settings = {"config": grid, "spec": spec}
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def fit_or_resume(
+    config: dict[str, Any],
+    spec: dict[str, Any],
+    engine: Any,
+    model: Any,
+    datamodule: Any,
+    step_timer: Any,
+    initial: dict[str, Any],
+    fitted: Path,
+) -> dict[str, Any]:
+    """Fit the cell's model, or load the state an earlier run of the same cell fitted; return the fit's figures.
+
+    ``step_timer`` is the engine's :class:`~anomalib_hyperbolic.metrics.TrainingStepTimer`.
+
+    After ``fit`` the model's changed state (:func:`trained_state`) and the fit's figures go to ``fitted``,
+    so that a cell whose evaluation failed after a long fit is tested again without retraining (its row
+    says ``resumed_from_fitted_state``). A state fitted under other settings (:func:`cell_fingerprint`)
+    is not reused: the cell trains again.
+    """
+    import torch
+
+    fingerprint = cell_fingerprint(config, spec)
+    if fitted.is_file():
+        saved = torch.load(fitted, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") == fingerprint:
+            load_trained_state(model, saved["state"])
+            return {**saved["fit"], "resumed_from_fitted_state": True}
+        print(f"{spec['name']}: {fitted} was fitted under other settings; training again", flush=True)
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    # what training actually ran: a max_time cap can stop it before max_steps / max_epochs
+    fit: dict[str, Any] = {
+        "train_seconds": time.perf_counter() - start,
+        "steps_run": engine.trainer.global_step,
+        "epochs_run": engine.trainer.current_epoch,
+        **last_epoch_figures(engine.trainer.callback_metrics),
+    }
+    # training-loop throughput (TrainingStepTimer: set-up passes and the first step excluded); steps are
+    # optimiser steps (each rank takes every one), images are counted over all ranks
+    if step_timer.steps_per_second is not None:
+        fit["train_steps_per_second"] = step_timer.steps_per_second
+        batch = getattr(datamodule, "train_batch_size", None)
+        if batch:
+            fit["train_images_per_second"] = step_timer.steps_per_second * batch * engine.trainer.world_size
+    if engine.trainer.is_global_zero:
+        fitted.parent.mkdir(parents=True, exist_ok=True)
+        temporary = fitted.with_suffix(".tmp")
+        torch.save({"fingerprint": fingerprint, "fit": fit, "state": trained_state(model, initial)}, temporary)
+        temporary.replace(fitted)
+    return fit
 
 
 def probability_maps(spec: dict[str, Any], model: Any) -> bool:
@@ -276,6 +336,8 @@ def run_and_write_cell(config: dict[str, Any], spec: dict[str, Any], time_only: 
         row = run_cell(config, spec, output / "runs" / target.stem, weights)
         if row is None:  # a DDP rank other than 0
             return
+    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_suffix(".tmp")
     temporary.write_text(json.dumps(row, indent=2, default=str))
     temporary.replace(target)  # atomic: a cell counts as done only when complete
+    fitted_state_file(output / "runs" / target.stem).unlink(missing_ok=True)  # rerunning a done cell trains
