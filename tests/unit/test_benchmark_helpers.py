@@ -457,6 +457,22 @@ def test_cell_precision_defaults_and_plugin() -> None:
     assert (plugin.precision, plugin.device) == ("bf16-mixed", "cpu")
 
 
+def test_channels_last_key_adds_the_callback_the_cell_asks_for(tmp_path: Path) -> None:
+    """`channels_last`: the cell's value wins over the config's; True puts ChannelsLastTraining in the engine."""
+    import torch
+
+    from anomalib_hyperbolic.precision import ChannelsLastTraining
+
+    assert benchmark.cell_channels_last({}, {}) is False
+    assert benchmark.cell_channels_last({"channels_last": True}, {}) is True
+    assert benchmark.cell_channels_last({"channels_last": True}, {"channels_last": False}) is False
+    assert benchmark.cell_channels_last({}, {"channels_last": None}) is False
+    for value in (True, False):
+        engine = benchmark.cell_engine({"channels_last": value}, {}, torch.nn.Linear(1, 1), tmp_path, callbacks=[])
+        added = [cb for cb in engine._cache._cached_args["callbacks"] if isinstance(cb, ChannelsLastTraining)]
+        assert len(added) == int(value)
+
+
 def test_seed_summary_keeps_cells_of_different_precisions_apart() -> None:
     base = {"class_path": "m.A", "init_args": {}, "max_epochs": 8, "max_steps": -1, "pixel_AUPRO": 0.5}
     rows = [

@@ -24,6 +24,7 @@ from anomalib_hyperbolic.benchmark.cell_model import (
 )
 from anomalib_hyperbolic.benchmark.config import (
     MIXED_PRECISIONS,
+    cell_channels_last,
     cell_precision,
     cell_seed,
     evaluation_split,
@@ -58,7 +59,7 @@ def cell_engine(
     accelerator = spec.get("accelerator", config.get("accelerator", "cpu"))
     precision, f32_evaluation = cell_precision(config, spec)
     callbacks = list(callbacks)
-    if spec.get("channels_last", config.get("channels_last", False)):
+    if cell_channels_last(config, spec):
         from anomalib_hyperbolic.precision import ChannelsLastTraining
 
         callbacks.append(ChannelsLastTraining())
@@ -90,7 +91,6 @@ def run_cell(
     import torch
 
     from anomalib_hyperbolic.metrics import CategoryIoUThresholds, RawScoreMetrics, TrainingStepTimer
-    from anomalib_hyperbolic.precision import ChannelsLastTraining
 
     if spec.get("latency_only"):
         return latency_only_cell(config, spec, cell_dir)
@@ -121,7 +121,7 @@ def run_cell(
     row["precision"] = str(engine.trainer.precision)  # the trainer's, after the model's trainer_arguments
     if row["precision"] in MIXED_PRECISIONS:
         row["f32_evaluation"] = f32_evaluation
-    row["channels_last"] = any(isinstance(callback, ChannelsLastTraining) for callback in engine.trainer.callbacks)
+    row["channels_last"] = cell_channels_last(config, spec)
     row["check_val_every_n_epoch"] = engine.trainer.check_val_every_n_epoch
     row.update({key: float(value) for key, value in metrics.items()})
     row.update(raw_scores.results)

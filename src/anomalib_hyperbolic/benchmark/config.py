@@ -220,6 +220,15 @@ def cell_precision(config: dict[str, Any], spec: dict[str, Any]) -> tuple[str, b
     return _PRECISION_ALIASES.get(precision, precision), bool(f32_evaluation)
 
 
+def cell_channels_last(config: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether the cell trains in channels-last memory format: the cell's ``channels_last``, else the config's.
+
+    Default ``False``; ``True`` adds :class:`~anomalib_hyperbolic.precision.ChannelsLastTraining`.
+    """
+    value = spec.get("channels_last")
+    return bool(config.get("channels_last", False) if value is None else value)
+
+
 def precision_arguments(precision: str, f32_evaluation: bool, accelerator: str | None) -> dict[str, Any]:
     """The ``Engine``/``Trainer`` arguments of a precision: ``precision=...`` or a precision plugin.
 
