@@ -16,6 +16,14 @@ from anomalib_hyperbolic.testing import make_mvtec_like_dataset
 from tests.harness_cases import HARNESS_CASES
 
 
+def synthetic_data(root: Path, batch: int | None = None) -> dict[str, Any]:
+    """The ``data`` entry of a benchmark config on a generated MVTec-like folder (``make_mvtec_like_dataset``)."""
+    init_args: dict[str, Any] = {"root": str(root), "category": "synthetic", "num_workers": 0}
+    if batch is not None:
+        init_args["train_batch_size"] = batch
+    return {"class_path": "anomalib.data.MVTecAD", "init_args": init_args}
+
+
 def test_benchmark_grid_tables_plots_and_resume(tmp_path: Path) -> None:
     root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=64)
     padim = {
@@ -27,10 +35,7 @@ def test_benchmark_grid_tables_plots_and_resume(tmp_path: Path) -> None:
         "output": str(tmp_path / "out"),
         "seed": 0,
         "image_size": 64,
-        "data": {
-            "class_path": "anomalib.data.MVTecAD",
-            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0, "train_batch_size": 4},
-        },
+        "data": synthetic_data(root, batch=4),
         "latency": {"runs": 20, "warmup": 1, "batch_sizes": [1, 8]},
         "models": [{"name": "PaDiM-a", **padim}, {"name": "PaDiM-b", **padim}],
     }
@@ -92,10 +97,7 @@ def test_train_here_time_later_with_saved_weights(tmp_path: Path) -> None:
         "latency": False,
         "latency_after": {"runs": 20, "warmup": 1, "batch_sizes": [1]},
         "save_weights": True,
-        "data": {
-            "class_path": "anomalib.data.MVTecAD",
-            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0, "train_batch_size": 4},
-        },
+        "data": synthetic_data(root, batch=4),
         "models": [
             {
                 "name": "PaDiM",
@@ -169,10 +171,7 @@ def test_seeds_expand_into_cells_summarised_with_spread_and_smoke_size(tmp_path:
         "image_size": 256,
         "seeds": [0, 1],
         "latency": False,
-        "data": {
-            "class_path": "anomalib.data.MVTecAD",
-            "init_args": {"root": str(tmp_path / "generated"), "category": "synthetic", "num_workers": 0},
-        },
+        "data": synthetic_data(tmp_path / "generated"),
         "models": [
             {
                 "name": "PaDiM",
@@ -227,10 +226,7 @@ def test_precision_effect_scores_the_test_images_with_openvino_at_both_precision
         "image_size": 64,
         "latency": False,
         "precision_effect": True,
-        "data": {
-            "class_path": "anomalib.data.MVTecAD",
-            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0, "train_batch_size": 4},
-        },
+        "data": synthetic_data(root, batch=4),
     }
     spec = {
         "name": "PaDiM",
@@ -267,10 +263,7 @@ def test_bf16_cell_validates_once_after_its_last_epoch(tmp_path: Path, monkeypat
         "image_size": 64,
         "latency": False,
         "precision": "bf16-mixed",  # config default, f32_evaluation: true by default
-        "data": {
-            "class_path": "anomalib.data.MVTecAD",
-            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0, "train_batch_size": 4},
-        },
+        "data": synthetic_data(root, batch=4),
     }
     spec = {
         "name": "SimpleNet",
@@ -304,10 +297,7 @@ def test_latency_only_cell_times_an_untrained_model_with_the_buffers_it_is_given
     config = {
         "image_size": 64,
         "latency": {"runs": 20, "warmup": 1, "batch_sizes": [1]},
-        "data": {
-            "class_path": "anomalib.data.MVTecAD",
-            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0},
-        },
+        "data": synthetic_data(root),
     }
     spec = {
         "name": "Patchcore big bank",
@@ -339,10 +329,7 @@ def test_ddp_cell_is_written_once_by_rank_zero_with_its_throughput(tmp_path: Pat
         "output": str(tmp_path / "out"),
         "image_size": 64,
         "latency": False,
-        "data": {
-            "class_path": "anomalib.data.MVTecAD",
-            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0, "train_batch_size": 2},
-        },
+        "data": synthetic_data(root, batch=2),
         "models": [{"name": "SimpleNet DDP", "devices": 2, "strategy": "ddp", **simplenet}],
     }
     config_path = tmp_path / "bench.yaml"
@@ -376,10 +363,7 @@ def test_cell_whose_evaluation_failed_is_tested_again_without_refitting(
         "output": str(tmp_path / "out"),
         "image_size": 64,
         "latency": False,
-        "data": {
-            "class_path": "anomalib.data.MVTecAD",
-            "init_args": {"root": str(root), "category": "synthetic", "num_workers": 0, "train_batch_size": 4},
-        },
+        "data": synthetic_data(root, batch=4),
         "models": [spec],
     }
     fits: list[int] = []
