@@ -4,17 +4,22 @@ EfficientAD's anomaly map is ``0.5 map_st + 0.5 map_stae`` (student-teacher and 
 discrepancies, each normalised by its validation quantiles). This rebuilds a trained ``mt_pdn_cpu``-style
 cell from its saved weights (``save_weights``), scores the cell's test images with each map alone and
 with their sum, and prints image AUROC (max of the map), pixel AUROC and AUPRO for each (anomalib's
-metrics on min-max rescaled maps, as the benchmark's raw columns).
+metrics on min-max rescaled maps, as the benchmark's raw columns). With ``--norms N`` it prints instead,
+for a HypAD cell, the norms of the projected (pooled) teacher and student vectors on the first N test
+batches, and the share longer than the clipping radius (those the clipping shortens to ``r``).
 
     HF_HOME=.cache/hf HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python scripts/pdn_branch_metrics.py \
         configs/benchmark/mt_pdn_cpu.yaml "EfficientAd s0" "HypAD (c 0.01, clip 2.3) s0"
+    ... scripts/pdn_branch_metrics.py --norms 3 configs/benchmark/mt_pdn_cpu.yaml "HypAD (c 0.01, clip 2.3) s0"
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,8 +27,8 @@ from anomalib_hyperbolic.benchmark import load_config, load_trained_state, prepa
 from anomalib_hyperbolic.metrics import MetricFields, threshold_free_metrics
 
 
-def branch_metrics(config_path: str, name: str) -> dict[str, dict[str, float]]:
-    """``{"st" | "stae" | "combined": {metric: value}}`` of cell ``name`` of the benchmark config."""
+def trained_cell(config_path: str, name: str) -> tuple[Any, Any]:
+    """The datamodule (set up for testing) and the trained model (eval mode) of cell ``name``."""
     config = load_config(config_path)
     (spec,) = [spec for spec in config["models"] if spec["name"] == name]
     datamodule, _, model = prepare_cell(config, spec)
@@ -31,12 +36,46 @@ def branch_metrics(config_path: str, name: str) -> dict[str, dict[str, float]]:
     load_trained_state(model, state)
     model.eval()
     datamodule.setup("test")
+    return datamodule, model
+
+
+def test_batches(datamodule: Any, model: Any) -> Iterator[Any]:
+    """The test batches, image and mask transformed as the pre-processor's ``on_test_batch_start`` does."""
+    for batch in datamodule.test_dataloader():
+        if model.pre_processor.transform is not None:
+            batch.image, batch.gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
+        yield batch
+
+
+def tangent_norms(config_path: str, name: str, batches: int) -> dict[str, Any]:
+    """Quantiles (1 %, 50 %, 99 %) of the projected teacher / student vector norms, share above ``clip_radius``."""
+    datamodule, model = trained_cell(config_path, name)
+    network = model.model
+    norms: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
+    with torch.no_grad():
+        for _, batch in zip(range(batches), test_batches(datamodule, model), strict=False):
+            teacher = network._normalize_teacher(network.teacher(batch.image))
+            student = network.student(batch.image)[:, : network.teacher_out_channels]
+            for key, output in (("teacher", teacher), ("student", student)):
+                norms[key].append(network.projection(output).norm(dim=1).flatten())
+    results: dict[str, Any] = {"clip_radius": network.clip_radius}
+    for key, values in norms.items():
+        value = torch.cat(values)
+        quantiles = torch.quantile(value, torch.tensor([0.01, 0.5, 0.99]))
+        results[key] = {
+            "norm_q01_q50_q99": [round(float(q), 2) for q in quantiles],
+            "share_above_clip_radius": round(float((value > network.clip_radius).double().mean()), 4),
+        }
+    return results
+
+
+def branch_metrics(config_path: str, name: str) -> dict[str, dict[str, float]]:
+    """``{"st" | "stae" | "combined": {metric: value}}`` of cell ``name`` of the benchmark config."""
+    datamodule, model = trained_cell(config_path, name)
     maps: dict[str, list[torch.Tensor]] = {"st": [], "stae": [], "combined": []}
     labels, masks = [], []
     with torch.no_grad():
-        for batch in datamodule.test_dataloader():
-            if model.pre_processor.transform is not None:  # as its on_test_batch_start: image and mask
-                batch.image, batch.gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
+        for batch in test_batches(datamodule, model):
             image = batch.image
             student_output, distance_st = model.model.compute_student_teacher_distance(image)
             map_st, map_stae = model.model.compute_maps(image, student_output, distance_st)
@@ -61,6 +100,18 @@ def branch_metrics(config_path: str, name: str) -> dict[str, dict[str, float]]:
     return results
 
 
+def main() -> None:
+    """Print one JSON line per cell: its branch metrics, or with ``--norms N`` its tangent norms."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config")
+    parser.add_argument("cells", nargs="+")
+    parser.add_argument("--norms", type=int, default=0, help="print tangent norms over this many test batches")
+    args = parser.parse_args()
+    score = (lambda config, cell: tangent_norms(config, cell, args.norms)) if args.norms else branch_metrics
+    for cell in args.cells:
+        figures = score(args.config, cell)
+        print(json.dumps({"cell": cell, **figures}), flush=True)
+
+
 if __name__ == "__main__":
-    for cell in sys.argv[2:]:
-        print(json.dumps({"cell": cell, **branch_metrics(sys.argv[1], cell)}), flush=True)
+    main()
