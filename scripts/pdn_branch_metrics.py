@@ -3,8 +3,8 @@
 EfficientAD's anomaly map is ``0.5 map_st + 0.5 map_stae`` (student-teacher and student-autoencoder
 discrepancies, each normalised by its validation quantiles). This rebuilds a trained ``mt_pdn_cpu``-style
 cell from its saved weights (``save_weights``), scores the cell's test images with each map alone and
-with their sum, and prints image AUROC (max of the map), pixel AUROC and AUPRO for each (anomalib's
-metrics on min-max rescaled maps, as the benchmark's raw columns). With ``--norms N`` it prints instead,
+with their sum, and prints image AUROC (max of the map), pixel AUROC and AUPRO for each (the benchmark's
+raw columns: :class:`~anomalib_hyperbolic.metrics.RawScoreMetrics`). With ``--norms N`` it prints instead,
 for a HypAD cell, the norms of the projected (pooled) teacher and student vectors on the first N test
 batches, and the share longer than the clipping radius (those the clipping shortens to ``r``).
 
@@ -23,17 +23,15 @@ from typing import Any
 
 import torch
 
-from anomalib_hyperbolic.benchmark import load_config, load_trained_state, prepare_cell, weights_file
-from anomalib_hyperbolic.metrics import MetricFields, threshold_free_metrics
+from anomalib_hyperbolic.benchmark import load_config, load_trained_cell, weights_file
+from anomalib_hyperbolic.metrics import MetricFields, RawScoreMetrics
 
 
 def trained_cell(config_path: str, name: str) -> tuple[Any, Any]:
     """The datamodule (set up for testing) and the trained model (eval mode) of cell ``name``."""
     config = load_config(config_path)
     (spec,) = [spec for spec in config["models"] if spec["name"] == name]
-    datamodule, _, model = prepare_cell(config, spec)
-    state = torch.load(weights_file(Path(config["output"]), name), map_location="cpu", weights_only=True)
-    load_trained_state(model, state)
+    datamodule, model = load_trained_cell(config, spec, weights_file(Path(config["output"]), name))
     model.eval()
     datamodule.setup("test")
     return datamodule, model
@@ -41,9 +39,8 @@ def trained_cell(config_path: str, name: str) -> tuple[Any, Any]:
 
 def test_batches(datamodule: Any, model: Any) -> Iterator[Any]:
     """The test batches, image and mask transformed as the pre-processor's ``on_test_batch_start`` does."""
-    for batch in datamodule.test_dataloader():
-        if model.pre_processor.transform is not None:
-            batch.image, batch.gt_mask = model.pre_processor.transform(batch.image, batch.gt_mask)
+    for index, batch in enumerate(datamodule.test_dataloader()):
+        model.pre_processor.on_test_batch_start(None, model, batch, index)
         yield batch
 
 
@@ -72,31 +69,26 @@ def tangent_norms(config_path: str, name: str, batches: int) -> dict[str, Any]:
 def branch_metrics(config_path: str, name: str) -> dict[str, dict[str, float]]:
     """``{"st" | "stae" | "combined": {metric: value}}`` of cell ``name`` of the benchmark config."""
     datamodule, model = trained_cell(config_path, name)
-    maps: dict[str, list[torch.Tensor]] = {"st": [], "stae": [], "combined": []}
-    labels, masks = [], []
+    scorers = {key: RawScoreMetrics() for key in ("st", "stae", "combined")}  # the benchmark's raw columns
+    for scorer in scorers.values():
+        scorer.on_test_epoch_start(None, model)
     with torch.no_grad():
         for batch in test_batches(datamodule, model):
-            image = batch.image
-            student_output, distance_st = model.model.compute_student_teacher_distance(image)
-            map_st, map_stae = model.model.compute_maps(image, student_output, distance_st)
-            for key, value in (("st", map_st), ("stae", map_stae), ("combined", 0.5 * map_st + 0.5 * map_stae)):
-                maps[key].append(value[:, 0])
-            labels.append(batch.gt_label)
-            masks.append(batch.gt_mask)
+            student_output, distance_st = model.model.compute_student_teacher_distance(batch.image)
+            map_st, map_stae = model.model.compute_maps(batch.image, student_output, distance_st)
+            for key, anomaly_map in (("st", map_st), ("stae", map_stae), ("combined", 0.5 * map_st + 0.5 * map_stae)):
+                outputs = MetricFields(
+                    batch_size=len(anomaly_map),
+                    anomaly_map=anomaly_map[:, 0],
+                    pred_score=anomaly_map.amax(dim=(-3, -2, -1)),
+                    gt_label=batch.gt_label,
+                    gt_mask=batch.gt_mask,
+                )
+                scorers[key].on_test_batch_end(None, model, outputs)
     results = {}
-    for key, values in maps.items():
-        anomaly_map = torch.cat(values).double()
-        anomaly_map = (anomaly_map - anomaly_map.min()) / (anomaly_map.max() - anomaly_map.min())
-        fields = MetricFields(
-            anomaly_map=anomaly_map,
-            pred_score=anomaly_map.amax(dim=(-2, -1)),
-            gt_label=torch.cat(labels),
-            gt_mask=torch.cat(masks),
-        )
-        results[key] = {}
-        for metric in threshold_free_metrics():
-            metric.update(fields)
-            results[key][metric.name] = round(float(metric.compute()), 4)
+    for key, scorer in scorers.items():
+        scorer.on_test_epoch_end(None, model)
+        results[key] = {name.removeprefix("raw_"): round(value, 4) for name, value in scorer.results.items()}
     return results
 
 

@@ -288,18 +288,21 @@ def latency_only_cell(config: dict[str, Any], spec: dict[str, Any], cell_dir: Pa
     return row
 
 
+def load_trained_cell(config: dict[str, Any], spec: dict[str, Any], weights: Path) -> tuple[Any, Any]:
+    """Rebuild a cell and load the state it saved with ``save_weights``; its ``(datamodule, model)``."""
+    import torch
+
+    datamodule, _, model = prepare_cell(config, spec)
+    load_trained_state(model, torch.load(weights, map_location="cpu", weights_only=True))
+    return datamodule, model
+
+
 def time_cell(config: dict[str, Any], spec: dict[str, Any], row: dict[str, Any], weights: Path) -> dict[str, Any]:
     """Rebuild a cell trained elsewhere, load its saved state, and add this CPU's latency to its row.
 
     A latency-only cell needs no saved state: it is rebuilt as :func:`untrained_model` makes it.
     """
-    import torch
-
-    if spec.get("latency_only"):
-        model = untrained_model(config, spec)
-    else:
-        _, _, model = prepare_cell(config, spec)
-        load_trained_state(model, torch.load(weights, map_location="cpu", weights_only=True))
+    model = untrained_model(config, spec) if spec.get("latency_only") else load_trained_cell(config, spec, weights)[1]
     model.eval()
     # `latency_after`: the timing settings of a grid trained with `latency: false`
     timed = time_model(config, model, settings=config.get("latency_after") or config.get("latency") or {})
@@ -327,17 +330,18 @@ def run_and_write_cell(config: dict[str, Any], spec: dict[str, Any], time_only: 
     """
     output = Path(config["output"])
     target = cell_file(output, spec["name"])
+    cell_dir = output / "runs" / target.stem
     if time_only:
         row = time_cell(config, spec, json.loads(target.read_text()), weights_file(output, spec["name"]))
     else:
         save = spec.get("save_weights")
         save = config.get("save_weights", False) if save is None else save
         weights = weights_file(output, spec["name"]) if save else None
-        row = run_cell(config, spec, output / "runs" / target.stem, weights)
+        row = run_cell(config, spec, cell_dir, weights)
         if row is None:  # a DDP rank other than 0
             return
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_suffix(".tmp")
     temporary.write_text(json.dumps(row, indent=2, default=str))
     temporary.replace(target)  # atomic: a cell counts as done only when complete
-    fitted_state_file(output / "runs" / target.stem).unlink(missing_ok=True)  # rerunning a done cell trains
+    fitted_state_file(cell_dir).unlink(missing_ok=True)  # rerunning a done cell trains
