@@ -23,6 +23,7 @@ def test_defaults_are_the_measured_recipe():
     """Every option's default is the behaviour measured before issue 32's study."""
     assert (DEFAULTS.seg_loss, DEFAULTS.dice_per_image, DEFAULTS.lr_schedule) == ("bce_dice", False, "step")
     assert (DEFAULTS.discriminator_input, DEFAULTS.discriminator_head) == ("ranked_residuals", "plain")
+    assert DEFAULTS.context_width is None
     assert (DEFAULTS.train_backbone, DEFAULTS.supervised_synthesis) == (False, False)
     model = HADNetModel(**TINY)
     assert model.context is None
@@ -109,6 +110,29 @@ def test_residuals_and_features_gives_fixed_order_context():
     assert out["logits"].shape == (3, 1, 32, 32)
     out["logits"].mean().backward()
     assert all(p.grad is not None for p in model.discriminator.parameters())
+
+
+def test_context_width_projects_each_layer_before_upsampling():
+    torch.manual_seed(0)
+    model = HADNetModel(**TINY, discriminator_input="residuals_and_features", context_width=3).eval()
+    assert model.discriminator.body[0].in_channels == 8 + 2 * 3
+    context = model.context
+    assert context.out_channels == 6
+    images = torch.rand(2, 3, 32, 32)
+    selected, _ = model.forward_features(images)
+    recon = model.reconstruct(selected)
+    # the same as the unprojected context through one 1x1 convolution on the finest grid (both are linear)
+    full = FixedOrderContext((8, 8))(selected, recon)
+    weight = torch.zeros(6, 32, 1, 1)
+    weight[:3, :16] = context.projections[0].weight
+    weight[3:, 16:] = context.projections[1].weight
+    bias = torch.cat([context.projections[0].bias, context.projections[1].bias])
+    torch.testing.assert_close(context(selected, recon), F.conv2d(full, weight, bias), atol=1e-5, rtol=1e-5)
+    exported = torch.export.export(model, (images,), strict=False)
+    torch.testing.assert_close(exported.module()(images)[2], model(images).anomaly_map, atol=1e-5, rtol=1e-5)
+    for width in (0, 2.5):
+        with pytest.raises(ValueError, match="context_width"):
+            HADNetModel(**TINY, discriminator_input="residuals_and_features", context_width=width)
 
 
 def test_realnet_head_is_deeper_and_decodes_at_twice_the_resolution():

@@ -40,6 +40,9 @@ class HADNetDefaults:
     #: "residuals_and_features": Lambda plus, in a fixed channel order, the selected features and their signed
     #: residual (so the head can tell which feature deviates, and in which direction)
     discriminator_input: str = "ranked_residuals"
+    #: this package (issue 32): with "residuals_and_features", a learned 1x1 projection of each layer's context
+    #: to this many channels at the layer's resolution, before upsampling (a cheaper training step); None: none
+    context_width: int | None = None
     #: this package (issue 32): "plain" (the convs above, logits at the residual grid); "realnet": RealNet's
     #: deeper head, a 2-block residual stack before the convs and a x2-upsampled decoder stage after them
     discriminator_head: str = "plain"

@@ -152,6 +152,8 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         discriminator_input: ``"ranked_residuals"`` (the paper's ARD ``Lambda``) or ``"residuals_and_features"``
             (plus the selected features and signed residuals in a fixed channel order).
         discriminator_head: ``"plain"`` or ``"realnet"`` (residual stack + a x2 decoder stage).
+        context_width: With ``"residuals_and_features"``: a learned 1x1 projection of each layer's context to
+            this many channels before upsampling (a cheaper step); ``None``: unprojected.
         mean: Image normalisation mean, applied inside the model; ``None``: the paper's values for the
             paper's WideResNet-50 backbone, the backbone's own (timm's, e.g. 0.5 for EfficientNet-Lite0)
             for any other (:func:`~anomalib_hyperbolic.models.hadnet.torch_model.image_normalization`).
@@ -206,6 +208,7 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         dice_per_image: bool = DEFAULTS.dice_per_image,
         discriminator_input: str = DEFAULTS.discriminator_input,
         discriminator_head: str = DEFAULTS.discriminator_head,
+        context_width: int | None = DEFAULTS.context_width,
         mean: Sequence[float] | None = DEFAULTS.mean,
         std: Sequence[float] | None = DEFAULTS.std,
         pre_processor: nn.Module | bool = True,
@@ -264,6 +267,7 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
             discriminator_input=discriminator_input,
             discriminator_head=discriminator_head,
             train_backbone=train_backbone,
+            context_width=context_width,
         )
         self.loss = HADNetLoss(
             seg_weight=seg_weight,

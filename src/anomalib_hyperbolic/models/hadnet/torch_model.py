@@ -264,15 +264,27 @@ class FixedOrderContext(nn.Module):
     and it holds squared residuals (no sign, no feature values). This module adds, for every layer in
     order, the selected features ``phi_i`` and the signed residuals ``phi_i - Phi_i``, upsampled to the
     finest grid: channel ``k`` is the same feature (or residual) in every image. ``2 * sum(r)`` channels.
+
+    ``width`` (``context_width``): project each layer's ``2 r_i`` channels to ``width`` with a learned 1x1
+    convolution at the layer's own resolution, before upsampling: ``len(r) * width`` channels. A 1x1
+    convolution commutes with bilinear upsampling, so this is the same as a 1x1 bottleneck in front of the
+    head, at a fraction of the cost (upsampling, concatenating and convolving ``2 sum(r)`` channels on the
+    finest grid was most of a training step). ``None``: no projection.
     """
 
-    def __init__(self, num_selected: Sequence[int]) -> None:
+    def __init__(self, num_selected: Sequence[int], width: int | None = None) -> None:
         super().__init__()
-        self.out_channels = 2 * sum(num_selected)
+        if width is not None and (not isinstance(width, int) or width < 1):
+            msg = f"`context_width` must be None or an int >= 1, got {width!r}."
+            raise ValueError(msg)
+        self.projections = None if width is None else nn.ModuleList([nn.Conv2d(2 * r, width, 1) for r in num_selected])
+        self.out_channels = 2 * sum(num_selected) if width is None else width * len(num_selected)
 
     def forward(self, selected: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``[phi_1, phi_1 - Phi_1, phi_2, phi_2 - Phi_2, ...]`` on the finest grid, ``(B, 2 sum(r), h, w)``."""
+        """``[phi_1, phi_1 - Phi_1, phi_2, phi_2 - Phi_2, ...]`` (projected per layer) on the finest grid."""
         maps = [torch.cat([z, z - r], dim=1) for z, r in zip(selected, reconstructions, strict=True)]
+        if self.projections is not None:
+            maps = [project(m) for project, m in zip(self.projections, maps, strict=True)]
         return upsample_and_concat(maps)
 
 
@@ -294,6 +306,8 @@ class HADNetModel(nn.Module):
         discriminator_input: ``"ranked_residuals"`` (the paper's ``Lambda``) or ``"residuals_and_features"``
             (``Lambda`` plus :class:`FixedOrderContext`; this package's option).
         discriminator_head: ``"plain"`` (:class:`Discriminator`) or ``"realnet"`` (:class:`RealNetDiscriminator`).
+        context_width: With ``"residuals_and_features"``: channels each layer's context is projected to
+            (:class:`FixedOrderContext`); ``None``: unprojected.
         train_backbone: Let the backbone take gradients in training mode (its BatchNorm stays in eval
             mode); ``False``: frozen (RealNet).
         mean: Image normalisation mean (images arrive in ``[0, 1]``); ``None``: the paper's for the paper's
@@ -321,6 +335,7 @@ class HADNetModel(nn.Module):
         discriminator_input: str = DEFAULTS.discriminator_input,
         discriminator_head: str = DEFAULTS.discriminator_head,
         train_backbone: bool = DEFAULTS.train_backbone,
+        context_width: int | None = DEFAULTS.context_width,
     ) -> None:
         super().__init__()
         validate_curvature(rho, name="rho")  # 0 = Euclidean
@@ -380,7 +395,11 @@ class HADNetModel(nn.Module):
         # momentum 0.9 (torch's convention: the running statistics follow the latest batches closely)
         self.rank_norm = nn.BatchNorm2d(total, affine=False, momentum=0.9)
         # this package's options (issue 32): fixed-order context next to Lambda, RealNet's deeper head
-        self.context = FixedOrderContext(self.num_selected) if discriminator_input == "residuals_and_features" else None
+        self.context = (
+            FixedOrderContext(self.num_selected, context_width)
+            if discriminator_input == "residuals_and_features"
+            else None
+        )
         in_channels = self.num_residuals + (0 if self.context is None else self.context.out_channels)
         head = RealNetDiscriminator if discriminator_head == "realnet" else Discriminator
         self.discriminator = head(in_channels, discriminator_widths)
