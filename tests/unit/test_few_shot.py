@@ -56,6 +56,17 @@ def test_general_counts_and_removal(root: Path, shots: int) -> None:
     assert datamodule.train_data.task == datamodule.test_data.task
 
 
+def test_zero_shot_holds_out_the_same_anomalies_for_unsupervised_peers(root: Path) -> None:
+    peer = _setup(root, num_anomalies=0, max_anomalies=3, seed=3)
+    few = _setup(root, num_anomalies=3, max_anomalies=3, seed=3)
+    assert (peer.train_data.samples.label_index == 1).sum() == 0
+    assert set(peer.test_data.samples.image_path) == set(few.test_data.samples.image_path)
+    assert len(_anomalies(peer.test_data.samples)) == 2 * N_DEFECT - 3
+    # without max_anomalies, K = 0 leaves the test set as it was
+    untouched = _setup(root, num_anomalies=0, seed=3)
+    assert len(_anomalies(untouched.test_data.samples)) == 2 * N_DEFECT
+
+
 def test_one_shot_is_subset_of_ten_shot_and_test_sets_equal(root: Path) -> None:
     one = _setup(root, num_anomalies=1, max_anomalies=5, seed=3)
     five = _setup(root, num_anomalies=5, max_anomalies=5, seed=3)

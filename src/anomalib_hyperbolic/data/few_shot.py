@@ -15,7 +15,9 @@ Sampling is seeded and nested: the anomalies are the first ``K`` of one seeded p
 1-shot anomaly is the first of the 10-shot set drawn with the same seed. In the general protocol
 only the ``K`` sampled anomalies leave the test set (the paper and the official code,
 ``test_threshold = nAnomaly``); ``max_anomalies=M`` removes the first ``max(K, M)`` of the
-permutation instead, so that the test sets of every ``K <= M`` are equal.
+permutation instead, so that the test sets of every ``K <= M`` are equal; with ``K = 0`` the
+``M`` anomalies leave the test set and nothing enters training, so one-class peers can be tested on
+the same images as the few-shot models.
 
 The split depends on the seed and the sorted sample paths only, so every rank of a DDP run draws
 the same one (``_setup`` runs on each rank).
@@ -145,7 +147,7 @@ def sample_few_shot(
             raise ValueError(msg)
         pool = np.flatnonzero(is_anomalous.to_numpy())
         removed = num_anomalies if max_anomalies is None else max(num_anomalies, max_anomalies)
-        if removed >= n_anomalous and n_anomalous > 0 and num_anomalies > 0:
+        if removed >= n_anomalous and n_anomalous > 0 and removed > 0:
             msg = (
                 f"The test set has {n_anomalous} anomalies; drawing num_anomalies={num_anomalies} and removing "
                 f"{removed} (max_anomalies={max_anomalies}) from the test set would leave no anomaly to test on. "
@@ -157,7 +159,9 @@ def sample_few_shot(
             raise ValueError(msg)
         order = pool[rng.permutation(len(pool))]
         chosen = order[:num_anomalies]
-        dropped = order[: min(removed, len(order))] if num_anomalies > 0 else order[:0]
+        # K = 0 with max_anomalies = M holds out the same M anomalies and trains on none: an unsupervised
+        # peer then tests on exactly the images that a K <= M model (same seed) tests on
+        dropped = order[: min(removed, len(order))]
     else:
         if len(classes) < 2:
             msg = (
@@ -339,7 +343,8 @@ class FewShotAnomalies(AnomalibDataModule):
         seed: Seed of the anomaly sampling and of the balanced batches.
         max_anomalies: General protocol: ``None`` (default, the paper and official code): only the
             ``K`` sampled anomalies leave the test set; ``M``: the first ``max(K, M)`` anomalies of the
-            seeded permutation leave it, so test sets are equal for every ``K <= M``.
+            seeded permutation leave it, so test sets are equal for every ``K <= M`` (``K = 0`` included:
+            the unsupervised peers' test set).
         class_column: Samples column naming the anomaly class (default: see :func:`anomaly_classes`).
         balanced_batches: Training batches of half normal, half labelled anomalous images
             (:class:`BalancedBatchSampler`); otherwise plain shuffling.
