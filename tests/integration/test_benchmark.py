@@ -123,6 +123,7 @@ def test_train_here_time_later_with_saved_weights(tmp_path: Path) -> None:
         assert "torch_latency_ms_b1" not in row
         assert row["steps_run"] >= 1
         assert row["epochs_run"] == 1
+        assert "cpus" in row["machine"]  # the machine the cell trained on (times compare within one)
     weights = tmp_path / "out" / "weights" / "PaDiM.pt"
     saved = torch.load(weights, weights_only=True)
     # only what training changed: the fitted Gaussian (resized from empty) and the post-processor's statistics

@@ -144,6 +144,7 @@ def run_cell(
         row.update(precision_effect(config, spec, model, datamodule, cell_dir / "export_precision"))
     row["split_sizes"] = split_sizes
     row["code_version"] = code_version()
+    row["machine"] = machine()  # training seconds and latencies compare only between cells of one machine
     row["seed"] = cell_seed(config, spec)
     if "group" in spec:
         row["group"] = spec["group"]
