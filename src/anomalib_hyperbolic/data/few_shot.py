@@ -147,7 +147,7 @@ def sample_few_shot(
             raise ValueError(msg)
         pool = np.flatnonzero(is_anomalous.to_numpy())
         removed = num_anomalies if max_anomalies is None else max(num_anomalies, max_anomalies)
-        if removed >= n_anomalous and n_anomalous > 0 and removed > 0:
+        if removed >= n_anomalous > 0:
             msg = (
                 f"The test set has {n_anomalous} anomalies; drawing num_anomalies={num_anomalies} and removing "
                 f"{removed} (max_anomalies={max_anomalies}) from the test set would leave no anomaly to test on. "
