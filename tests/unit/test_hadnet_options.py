@@ -133,6 +133,8 @@ def test_context_width_projects_each_layer_before_upsampling():
     for width in (0, 2.5):
         with pytest.raises(ValueError, match="context_width"):
             HADNetModel(**TINY, discriminator_input="residuals_and_features", context_width=width)
+    with pytest.raises(ValueError, match=r"context_width.*ranked_residuals"):  # nothing to project: say so
+        HADNetModel(**TINY, context_width=16)
 
 
 def test_realnet_head_is_deeper_and_decodes_at_twice_the_resolution():

@@ -351,6 +351,13 @@ class HADNetModel(nn.Module):
             if value not in allowed:
                 msg = f"`{name}` must be one of {list(allowed)}, got {value!r}."
                 raise ValueError(msg)
+        if context_width is not None and discriminator_input != "residuals_and_features":
+            msg = (
+                f"`context_width` ({context_width!r}) projects the fixed-order context, which only "
+                "`discriminator_input='residuals_and_features'` feeds the discriminator; got "
+                f"`discriminator_input={discriminator_input!r}`. Set one or leave `context_width` None."
+            )
+            raise ValueError(msg)
         if not isinstance(score_pool_size, int) or score_pool_size < 1:
             msg = f"`score_pool_size` must be an int >= 1, got {score_pool_size!r}."
             raise ValueError(msg)
