@@ -17,40 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from anomalib_hyperbolic.benchmark import load_config, load_trained_cell, weights_file
+from anomalib_hyperbolic.benchmark import trained_cell_for_testing, transformed_test_batches
 from anomalib_hyperbolic.metrics import MetricFields, RawScoreMetrics
-
-
-def trained_cell(config_path: str, name: str) -> tuple[Any, Any]:
-    """The datamodule (set up for testing) and the trained model (eval mode) of cell ``name``."""
-    config = load_config(config_path)
-    (spec,) = [spec for spec in config["models"] if spec["name"] == name]
-    datamodule, model = load_trained_cell(config, spec, weights_file(Path(config["output"]), name))
-    model.eval()
-    datamodule.setup("test")
-    return datamodule, model
-
-
-def test_batches(datamodule: Any, model: Any) -> Iterator[Any]:
-    """The test batches, image and mask transformed as the pre-processor's ``on_test_batch_start`` does."""
-    for index, batch in enumerate(datamodule.test_dataloader()):
-        model.pre_processor.on_test_batch_start(None, model, batch, index)
-        yield batch
 
 
 def tangent_norms(config_path: str, name: str, batches: int) -> dict[str, Any]:
     """Quantiles (1 %, 50 %, 99 %) of the projected teacher / student vector norms, share above ``clip_radius``."""
-    datamodule, model = trained_cell(config_path, name)
+    datamodule, model = trained_cell_for_testing(config_path, name)
     network = model.model
     norms: dict[str, list[torch.Tensor]] = {"teacher": [], "student": []}
     with torch.no_grad():
-        for _, batch in zip(range(batches), test_batches(datamodule, model), strict=False):
+        for _, batch in zip(range(batches), transformed_test_batches(datamodule, model), strict=False):
             teacher = network._normalize_teacher(network.teacher(batch.image))
             student = network.student(batch.image)[:, : network.teacher_out_channels]
             for key, output in (("teacher", teacher), ("student", student)):
@@ -68,12 +49,12 @@ def tangent_norms(config_path: str, name: str, batches: int) -> dict[str, Any]:
 
 def branch_metrics(config_path: str, name: str) -> dict[str, dict[str, float]]:
     """``{"st" | "stae" | "combined": {metric: value}}`` of cell ``name`` of the benchmark config."""
-    datamodule, model = trained_cell(config_path, name)
+    datamodule, model = trained_cell_for_testing(config_path, name)
     scorers = {key: RawScoreMetrics() for key in ("st", "stae", "combined")}  # the benchmark's raw columns
     for scorer in scorers.values():
         scorer.on_test_epoch_start(None, model)
     with torch.no_grad():
-        for batch in test_batches(datamodule, model):
+        for batch in transformed_test_batches(datamodule, model):
             student_output, distance_st = model.model.compute_student_teacher_distance(batch.image)
             map_st, map_stae = model.model.compute_maps(batch.image, student_output, distance_st)
             for key, anomaly_map in (("st", map_st), ("stae", map_stae), ("combined", 0.5 * map_st + 0.5 * map_stae)):

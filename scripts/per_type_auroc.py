@@ -14,39 +14,25 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from anomalib_hyperbolic.benchmark import load_config, load_trained_cell, weights_file
+from anomalib_hyperbolic.benchmark import trained_cell_for_testing, transformed_test_batches
 
 
 def raw_scores(config_path: str, name: str, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw image scores, labels (1 = anomalous) and ``column`` values of cell ``name``'s test images."""
-    config = load_config(config_path)
-    base = name.rsplit(" s", 1)[0]
-    matches = [spec for spec in config["models"] if spec["name"] in {name, base}]
-    if not matches:
-        msg = f"No cell {name!r} in {config_path}; cells: {[spec['name'] for spec in config['models']]}."
-        raise SystemExit(msg)
-    weights = weights_file(Path(config["output"]), name)
-    if not weights.is_file():
-        msg = f"{weights} does not exist: run the cell with save_weights first."
-        raise SystemExit(msg)
-    datamodule, model = load_trained_cell(config, matches[0], weights)
-    model.eval()
-    datamodule.setup("test")
+    datamodule, model = trained_cell_for_testing(config_path, name)
     samples = datamodule.test_data.samples.set_index("image_path")
     if column not in samples.columns:
         msg = f"--column {column!r} is not a column of the test samples {list(samples.columns)}."
         raise SystemExit(msg)
     scores, labels, groups = [], [], []
     with torch.no_grad():
-        for index, batch in enumerate(datamodule.test_dataloader()):
-            model.pre_processor.on_test_batch_start(None, model, batch, index)
+        for batch in transformed_test_batches(datamodule, model):
             scores.append(model.model(batch.image).pred_score.float().flatten())
             labels.append(batch.gt_label.int().flatten())
             groups.extend(str(samples.loc[path, column]) for path in batch.image_path)

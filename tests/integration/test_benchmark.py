@@ -88,6 +88,7 @@ def test_benchmark_config_errors(tmp_path: Path) -> None:
 def test_train_here_time_later_with_saved_weights(tmp_path: Path) -> None:
     """`latency: false` + `save_weights`: no timing during training; `--time-only` times the saved cells."""
     import torch
+    from sklearn.metrics import roc_auc_score
 
     root = make_mvtec_like_dataset(tmp_path / "data", n_train=4, n_test_good=2, n_test_defect=2, image_size=64)
     config = {
@@ -130,6 +131,21 @@ def test_train_here_time_later_with_saved_weights(tmp_path: Path) -> None:
     assert "model.gaussian.mean" in saved
     assert not any(key.startswith("model.feature_extractor") for key in saved)
     assert not (tmp_path / "out" / "weights" / "PaDiM unsaved.pt").exists()
+
+    # the analysis scripts' entry: the rebuilt cell scores its test images as the cell did
+    datamodule, model = benchmark.trained_cell_for_testing(config_path, "PaDiM")
+    assert not model.training
+    with torch.no_grad():
+        batches = list(benchmark.transformed_test_batches(datamodule, model))
+        scores = torch.cat([model.model(batch.image).pred_score.flatten() for batch in batches])
+    labels = torch.cat([batch.gt_label.flatten() for batch in batches])
+    assert batches[0].image.shape[-1] == 64
+    assert len(labels) == len(datamodule.test_data)
+    assert roc_auc_score(labels.numpy(), scores.numpy()) == pytest.approx(rows[0]["raw_image_AUROC"], abs=1e-4)
+    with pytest.raises(FileNotFoundError, match="save_weights"):
+        benchmark.trained_cell_for_testing(config_path, "PaDiM unsaved")
+    with pytest.raises(ValueError, match="No cell 'PaDiM s1'"):
+        benchmark.trained_cell_for_testing(config_path, "PaDiM s1")
 
     rows = benchmark.run_grid(config_path, time_only=True)
     timed, untimed = rows

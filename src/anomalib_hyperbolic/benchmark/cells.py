@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from anomalib_hyperbolic.benchmark.config import (
     cell_precision,
     cell_seed,
     evaluation_split,
+    load_config,
     precision_arguments,
     training_limits,
     validation_interval,
@@ -296,6 +297,34 @@ def load_trained_cell(config: dict[str, Any], spec: dict[str, Any], weights: Pat
     datamodule, _, model = prepare_cell(config, spec)
     load_trained_state(model, torch.load(weights, map_location="cpu", weights_only=True))
     return datamodule, model
+
+
+def trained_cell_for_testing(config_path: str | Path, name: str) -> tuple[Any, Any]:
+    """Cell ``name`` (seed suffix included) of a benchmark config, rebuilt from its saved weights.
+
+    Returns its datamodule, set up for testing, and its trained model in eval mode: what the analysis
+    scripts score again. Raises ``ValueError`` for an unknown cell, ``FileNotFoundError`` without weights.
+    """
+    config = load_config(config_path)
+    specs = [spec for spec in config["models"] if spec["name"] == name]
+    if not specs:
+        msg = f"No cell {name!r} in {config_path}; its cells: {[spec['name'] for spec in config['models']]}."
+        raise ValueError(msg)
+    weights = weights_file(Path(config["output"]), name)
+    if not weights.is_file():
+        msg = f"{weights} does not exist: run cell {name!r} with save_weights first."
+        raise FileNotFoundError(msg)
+    datamodule, model = load_trained_cell(config, specs[0], weights)
+    model.eval()
+    datamodule.setup("test")
+    return datamodule, model
+
+
+def transformed_test_batches(datamodule: Any, model: Any) -> Iterator[Any]:
+    """The test batches, image and mask transformed as the pre-processor's ``on_test_batch_start`` does."""
+    for index, batch in enumerate(datamodule.test_dataloader()):
+        model.pre_processor.on_test_batch_start(None, model, batch, index)
+        yield batch
 
 
 def time_cell(config: dict[str, Any], spec: dict[str, Any], row: dict[str, Any], weights: Path) -> dict[str, Any]:

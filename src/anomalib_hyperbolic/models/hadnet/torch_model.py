@@ -351,7 +351,8 @@ class HADNetModel(nn.Module):
             if value not in allowed:
                 msg = f"`{name}` must be one of {list(allowed)}, got {value!r}."
                 raise ValueError(msg)
-        if context_width is not None and discriminator_input != "residuals_and_features":
+        uses_context = discriminator_input == "residuals_and_features"
+        if context_width is not None and not uses_context:
             msg = (
                 f"`context_width` ({context_width!r}) projects the fixed-order context, which only "
                 "`discriminator_input='residuals_and_features'` feeds the discriminator; got "
@@ -402,11 +403,7 @@ class HADNetModel(nn.Module):
         # momentum 0.9 (torch's convention: the running statistics follow the latest batches closely)
         self.rank_norm = nn.BatchNorm2d(total, affine=False, momentum=0.9)
         # this package's options (issue 32): fixed-order context next to Lambda, RealNet's deeper head
-        self.context = (
-            FixedOrderContext(self.num_selected, context_width)
-            if discriminator_input == "residuals_and_features"
-            else None
-        )
+        self.context = FixedOrderContext(self.num_selected, context_width) if uses_context else None
         in_channels = self.num_residuals + (0 if self.context is None else self.context.out_channels)
         head = RealNetDiscriminator if discriminator_head == "realnet" else Discriminator
         self.discriminator = head(in_channels, discriminator_widths)
