@@ -286,3 +286,61 @@ def test_cosine_schedule_decays_within_the_run_and_step_does_not(tmp_path):
     assert cosine.final == pytest.approx(0.0, abs=1e-12)
     step = _fit_rates(root, tmp_path / "step", "step")
     assert step.rates == [DEFAULTS.lr] * step.steps  # StepLR(50) never decays in 2 epochs
+
+
+# ---------------------------------------------------------------------------------------------- thresholding
+def _validation_batch() -> ImageBatch:
+    """Four probability maps whose pooled pixel F1 peaks far below 0.5: defect pixels at 0.3, a few at 0.9."""
+    maps = torch.full((4, 1, 8, 8), 0.05)
+    masks = torch.zeros(4, 8, 8, dtype=torch.bool)
+    masks[:2, 2:6, 2:6] = True
+    maps[:2, 0, 2:6, 2:6] = 0.3
+    maps[0, 0, 2, 2] = 0.9
+    return ImageBatch(
+        image=torch.zeros(4, 3, 8, 8),
+        anomaly_map=maps,
+        gt_mask=masks,
+        pred_score=maps.flatten(1).amax(1),
+        gt_label=torch.tensor([1, 1, 0, 0]),
+    )
+
+
+def test_fixed_pixel_threshold_survives_validation_and_decides_pred_mask():
+    from anomalib.data import InferenceBatch
+    from anomalib.post_processing import PostProcessor
+
+    from anomalib_hyperbolic.models.components import FixedPixelThresholdPostProcessor
+
+    fitted, fixed = PostProcessor(), FixedPixelThresholdPostProcessor(0.5)
+    assert float(fixed.pixel_threshold) == 0.5  # already before any validation (predict without fit)
+    for post_processor in (fitted, fixed):
+        post_processor.on_validation_batch_end(None, None, _validation_batch())
+        post_processor.on_validation_epoch_end(None, None)
+    assert float(fitted.pixel_threshold) < 0.5  # anomalib's F1 fit lands on the low defect pixels
+    assert float(fixed.pixel_threshold) == 0.5
+    assert float(fixed.image_threshold) == float(fitted.image_threshold)  # the image threshold is still fitted
+    maps = _validation_batch().anomaly_map
+    out = fixed(InferenceBatch(pred_score=maps.flatten(1).amax(1), anomaly_map=maps))
+    assert torch.equal(out.pred_mask.reshape(maps.shape), maps > 0.5)
+    restored = FixedPixelThresholdPostProcessor(0.2)
+    restored.load_checkpoint_config(fixed.checkpoint_config())
+    assert restored.fixed_pixel_threshold == 0.5
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), "0.5", True])
+def test_fixed_pixel_threshold_must_be_a_finite_number(value):
+    with pytest.raises(ValueError, match="pixel_threshold"):
+        HADNet(**TINY, visualizer=False, pixel_threshold=value)
+
+
+def test_pixel_threshold_sets_hadnets_post_processor_and_refuses_a_second_one():
+    from anomalib.post_processing import PostProcessor
+
+    from anomalib_hyperbolic.models.components import FixedPixelThresholdPostProcessor
+
+    assert type(HADNet(**TINY, visualizer=False).post_processor) is PostProcessor  # the default: fitted
+    model = HADNet(**TINY, visualizer=False, pixel_threshold=0.5)
+    assert isinstance(model.post_processor, FixedPixelThresholdPostProcessor)
+    assert float(model.post_processor.pixel_threshold) == 0.5
+    with pytest.raises(ValueError, match="not both"):
+        HADNet(**TINY, visualizer=False, pixel_threshold=0.5, post_processor=PostProcessor())

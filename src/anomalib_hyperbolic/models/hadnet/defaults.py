@@ -53,6 +53,10 @@ class HADNetDefaults:
     mean: tuple[float, ...] | None = None  # None: PAPER_MEAN for the paper's backbone, else the backbone's own
     std: tuple[float, ...] | None = None  # None: as for mean
     image_size: tuple[int, int] = (256, 256)  # the pre-processor's resize: paper
+    #: this package (issue 32; the paper reports IoU without naming its threshold): None = anomalib's pixel
+    #: threshold, fitted on the validation images (pooled pixel F1); a number = that fixed value of the map, a
+    #: probability, e.g. 0.5, the boundary the BCE loss trains (models.components.FixedPixelThresholdPostProcessor)
+    pixel_threshold: float | None = None
     # --- training data ------------------------------------------------------------------------------
     training_mode: str = "unsupervised"  # this package (any one-class datamodule); the paper's is "supervised"
     anomaly_source_path: str | None = None  # Perlin anomalies' texture folder (None: random patterns)

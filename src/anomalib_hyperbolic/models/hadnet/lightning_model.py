@@ -57,7 +57,7 @@ from anomalib_hyperbolic.distributed import DistributedStateMixin, broadcast, sh
 from anomalib_hyperbolic.feature_cache import FeatureCache
 from anomalib_hyperbolic.learning_types import SupervisedLearningType
 from anomalib_hyperbolic.metrics import CategoryIoU, LogitDiagnostics, MIoU
-from anomalib_hyperbolic.models.components import PortableCheckpointMixin
+from anomalib_hyperbolic.models.components import FixedPixelThresholdPostProcessor, PortableCheckpointMixin
 from anomalib_hyperbolic.openvino_precision import F32ScopesExportMixin
 
 from .defaults import DEFAULTS
@@ -158,6 +158,8 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
             paper's WideResNet-50 backbone, the backbone's own (timm's, e.g. 0.5 for EfficientNet-Lite0)
             for any other (:func:`~anomalib_hyperbolic.models.hadnet.torch_model.image_normalization`).
         std: Image normalisation std; ``None`` as for ``mean``.
+        pixel_threshold: ``None``: anomalib's pixel threshold, fitted on the validation images; a number:
+            that fixed map value (a probability, e.g. 0.5) decides ``pred_mask``.
         pre_processor: Pre-processor (default: resize to 256x256, no normalisation).
         post_processor: Post-processor.
         evaluator: Evaluator (default adds pixel mIoU to anomalib's metrics).
@@ -211,11 +213,20 @@ class HADNet(DistributedStateMixin, F32ScopesExportMixin, PortableCheckpointMixi
         context_width: int | None = DEFAULTS.context_width,
         mean: Sequence[float] | None = DEFAULTS.mean,
         std: Sequence[float] | None = DEFAULTS.std,
+        pixel_threshold: float | None = DEFAULTS.pixel_threshold,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        if pixel_threshold is not None:
+            if post_processor is not True:
+                msg = (
+                    "HADNet: `pixel_threshold` sets the threshold of the default post-processor; pass either "
+                    f"`pixel_threshold` or `post_processor` ({post_processor!r}), not both."
+                )
+                raise ValueError(msg)
+            post_processor = FixedPixelThresholdPostProcessor(pixel_threshold)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
