@@ -34,8 +34,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     for name in args.cells:
-        datamodule, model = trained_cell_for_testing(args.config, name)
-        datamodule.setup("fit")  # the validation split
+        datamodule, model = trained_cell_for_testing(args.config, name)  # every split is set up
         thresholds = CategoryIoUThresholds(probability_threshold=args.probability)
         with tempfile.TemporaryDirectory() as root:
             options = {"logger": False, "enable_progress_bar": False, "default_root_dir": root}

@@ -217,5 +217,6 @@ class FixedPixelThresholdPostProcessor(PostProcessor):
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         """Anomalib's fit of the image threshold and of the normalisation; the pixel threshold stays fixed."""
+        self._pixel_threshold_metric.reset()  # its F1 fit would be discarded: skip computing it
         super().on_validation_epoch_end(trainer, pl_module)
         self._pixel_threshold.fill_(self.fixed_pixel_threshold)
